@@ -1,0 +1,246 @@
+"""Lazy, read-only access to a checkpoint in any supported format.
+
+:class:`Checkpoint` gives the same view of a safetensors file, a sharded safetensors set and a pickled state
+dict: names, shapes and dtypes without loading data, and one tensor at a time on demand. That is what lets
+``patch`` stream a multi-GB checkpoint with peak memory near its largest tensor.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import safe_open
+
+from memprune.errors import MempruneError
+from memprune.io.pickles import load_pickle
+
+PICKLE_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt", ".pkl")
+# Wrapper keys seen in the wild, in order of preference. Training checkpoints keep optimizer state and args
+# beside the weights; LlamaGen uses {"model": ...}; DDP/compile leave prefixes on the keys themselves.
+_CONTAINER_KEYS = ("model", "state_dict", "module", "model_ema", "state_dict_ema", "ema")
+_KEY_PREFIXES = ("module.", "_orig_mod.")
+
+_ST_TO_TORCH: dict[str, torch.dtype] = {
+    "F64": torch.float64,
+    "F32": torch.float32,
+    "F16": torch.float16,
+    "BF16": torch.bfloat16,
+    "I64": torch.int64,
+    "I32": torch.int32,
+    "I16": torch.int16,
+    "I8": torch.int8,
+    "U8": torch.uint8,
+    "BOOL": torch.bool,
+}
+for _code, _name in (("F8_E4M3", "float8_e4m3fn"), ("F8_E5M2", "float8_e5m2")):
+    if hasattr(torch, _name):
+        _ST_TO_TORCH[_code] = getattr(torch, _name)
+
+
+def resolve_checkpoint_path(path: str | os.PathLike) -> Path:
+    """Turn a user argument into a checkpoint file (a folder resolves to its index or single safetensors)."""
+    text = str(path)
+    if text.startswith("hf://"):
+        from memprune.hub import resolve_hf_uri  # imported lazily: the Hub client is only needed here
+
+        return resolve_hf_uri(text)
+    p = Path(path)
+    if not p.exists():
+        raise MempruneError(f"checkpoint {p} does not exist: check the path")
+    if p.is_dir():
+        indexes = sorted(p.glob("*.safetensors.index.json"))
+        singles = sorted(p.glob("*.safetensors"))
+        if len(indexes) == 1:
+            return indexes[0]
+        if len(singles) == 1:
+            return singles[0]
+        raise MempruneError(f"{p} is a folder without exactly one safetensors checkpoint or index: pass the file itself")
+    return p
+
+
+class Checkpoint:
+    """A read-only view of a checkpoint: ``keys()``, ``shape()``, ``dtype()``, ``get()``, ``metadata``.
+
+    Attributes:
+        path: the resolved file.
+        format: ``safetensors``, ``sharded-safetensors`` or ``pickle``.
+        metadata: the safetensors header metadata (``{}`` for pickles).
+        container: the wrapper key the weights were found under (``"model"``...) or ``None``.
+        dropped: non-tensor entries of a pickle that were left out (training args, epoch counters).
+    """
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = resolve_checkpoint_path(path)
+        self.metadata: dict[str, str] = {}
+        self.container: str | None = None
+        self.dropped: list[str] = []
+        self._handles: dict[Path, Any] = {}
+        self._where: dict[str, tuple[Path, str]] = {}  # our key -> (file, key inside that file)
+        self._tensors: dict[str, torch.Tensor] | None = None
+        name = self.path.name
+        if name.endswith(".safetensors.index.json"):
+            self.format = "sharded-safetensors"
+            self._open_sharded()
+        elif name.endswith(".safetensors"):
+            self.format = "safetensors"
+            self._open_safetensors(self.path)
+            self.metadata = dict(self._handles[self.path].metadata() or {})
+        elif name.endswith(PICKLE_SUFFIXES):
+            self.format = "pickle"
+            self._open_pickle()
+        else:
+            raise MempruneError(
+                f"{self.path} has an unknown extension: memprune reads .safetensors, *.safetensors.index.json, "
+                ".pth, .pt and .bin checkpoints"
+            )
+
+    # -- opening -------------------------------------------------------------------------------------------
+    def _open_safetensors(self, file: Path) -> Any:
+        try:
+            handle = safe_open(str(file), framework="pt", device="cpu")
+        except Exception as exc:  # safetensors raises its own SafetensorError for every malformed file
+            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise MempruneError(
+                f"{file} is not a valid safetensors file ({reason}); it may be truncated or corrupted: "
+                "download or write it again"
+            ) from None
+        self._handles[file] = handle
+        for key in _file_order(file, handle.keys()):
+            self._where[_strip_prefixes(key)] = (file, key)
+        return handle
+
+    def _open_sharded(self) -> None:
+        try:
+            index = json.loads(self.path.read_text(encoding="utf-8"))
+            weight_map: dict[str, str] = index["weight_map"]
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise MempruneError(f"{self.path} is not a valid safetensors index ({exc}): it needs a weight_map") from None
+        self.metadata = {k: str(v) for k, v in (index.get("metadata") or {}).items()}
+        for shard in sorted(set(weight_map.values())):
+            shard_path = self.path.parent / shard
+            if not shard_path.exists():
+                raise MempruneError(f"shard {shard} listed in {self.path.name} is missing: download every shard")
+            handle = self._open_safetensors(shard_path)
+            if not self.metadata:
+                self.metadata = dict(handle.metadata() or {})
+        missing = [k for k, f in weight_map.items() if (self.path.parent / f, k) not in self._where.values()]
+        if missing:
+            raise MempruneError(f"{self.path.name} lists {missing[0]} but its shard does not contain it: the index is stale")
+
+    def _open_pickle(self) -> None:
+        obj = load_pickle(self.path)
+        state, self.container, self.dropped = _unwrap(obj, self.path)
+        self._tensors = {_strip_prefixes(k): v for k, v in state.items()}
+
+    # -- access ----------------------------------------------------------------------------------------------
+    def keys(self) -> list[str]:
+        """Every tensor name, in file order (buffers included)."""
+        return list(self._tensors) if self._tensors is not None else list(self._where)
+
+    def __contains__(self, key: str) -> bool:
+        return key in (self._tensors if self._tensors is not None else self._where)
+
+    def __len__(self) -> int:
+        return len(self.keys())
+
+    def get(self, key: str) -> torch.Tensor:
+        """Load one tensor (a copy for safetensors; a memory-mapped view for pickles)."""
+        if self._tensors is not None:
+            return self._tensors[key]
+        file, inner = self._where[key]
+        return self._handles[file].get_tensor(inner)
+
+    def shape(self, key: str) -> tuple[int, ...]:
+        if self._tensors is not None:
+            return tuple(self._tensors[key].shape)
+        file, inner = self._where[key]
+        return tuple(self._handles[file].get_slice(inner).get_shape())
+
+    def dtype(self, key: str) -> torch.dtype:
+        if self._tensors is not None:
+            return self._tensors[key].dtype
+        file, inner = self._where[key]
+        return _ST_TO_TORCH[self._handles[file].get_slice(inner).get_dtype()]
+
+    def items(self) -> Iterator[tuple[str, torch.Tensor]]:
+        for key in self.keys():
+            yield key, self.get(key)
+
+    def shapes(self) -> dict[str, tuple[int, ...]]:
+        return {k: self.shape(k) for k in self.keys()}
+
+    def num_parameters(self) -> int:
+        total = 0
+        for key in self.keys():
+            n = 1
+            for d in self.shape(key):
+                n *= d
+            total += n
+        return total
+
+    def close(self) -> None:
+        self._handles.clear()
+        self._tensors = None if self._tensors is None else {}
+
+    def __enter__(self) -> Checkpoint:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def open_checkpoint(path: str | os.PathLike) -> Checkpoint:
+    """Open a checkpoint lazily; see :class:`Checkpoint`."""
+    return Checkpoint(path)
+
+
+def _file_order(file: Path, keys: list[str]) -> list[str]:
+    """Keys in the order their bytes appear in the file (``safe_open`` lists them sorted by name)."""
+    try:
+        with open(file, "rb") as f:
+            size = int.from_bytes(f.read(8), "little")
+            header = json.loads(f.read(size))
+        return sorted(keys, key=lambda k: header[k]["data_offsets"][0])
+    except (OSError, ValueError, KeyError, TypeError):
+        return list(keys)
+
+
+def _strip_prefixes(key: str) -> str:
+    changed = True
+    while changed:
+        changed = False
+        for prefix in _KEY_PREFIXES:
+            if key.startswith(prefix):
+                key, changed = key[len(prefix) :], True
+    return key
+
+
+def _is_state_dict(obj: object) -> bool:
+    return isinstance(obj, dict) and bool(obj) and all(isinstance(v, torch.Tensor) for v in obj.values())
+
+
+def _unwrap(obj: object, path: Path) -> tuple[dict[str, torch.Tensor], str | None, list[str]]:
+    """Find the tensor dict inside a training checkpoint; report what else was there."""
+    if _is_state_dict(obj):
+        return dict(obj), None, []  # type: ignore[arg-type]
+    if isinstance(obj, dict):
+        for key in _CONTAINER_KEYS:
+            inner = obj.get(key)
+            if isinstance(inner, dict):
+                state, sub, _ = _unwrap(inner, path)
+                dropped = [k for k in obj if k != key]
+                return state, key if sub is None else f"{key}.{sub}", dropped
+        tensors = {k: v for k, v in obj.items() if isinstance(v, torch.Tensor)}
+        if tensors:
+            return tensors, None, [k for k in obj if k not in tensors]
+        found = ", ".join(f"{k} ({type(v).__name__})" for k, v in list(obj.items())[:6])
+        raise MempruneError(
+            f"{path} holds no tensors at the top level nor under {'/'.join(_CONTAINER_KEYS)} (found: {found}); "
+            "extract the model's state dict first"
+        )
+    raise MempruneError(f"{path} holds a {type(obj).__name__}, not a state dict: save model.state_dict() instead")

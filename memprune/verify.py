@@ -1,0 +1,136 @@
+"""``memprune verify``: re-read a patched checkpoint and its base and check the manifest, bit for bit.
+
+Passes only when: the manifest is present and its digests match both files; the key set, shapes and dtypes
+equal the base's (buffers included, so strict loading still works); every tensor the manifest does not list
+is bit-identical; every listed tensor equals the base with exactly the listed slices scaled by exactly the
+factor (recomputed with the same function ``patch`` uses); and no edited tensor has a non-finite value
+where the base was finite.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from memprune.errors import MempruneError, VerificationError
+from memprune.io import checkpoint_sha256, open_checkpoint, sha256_file
+from memprune.manifest import read_manifest
+from memprune.patching import TensorEdit, scale_slices
+
+
+@dataclass
+class Check:
+    name: str
+    ok: bool
+    detail: str = ""
+
+
+@dataclass
+class VerifyReport:
+    """The outcome of every check; ``ok`` is True only if all passed."""
+
+    patched: Path
+    base: Path
+    checks: list[Check] = field(default_factory=list)
+    tensors_checked: int = 0
+    tensors_edited: int = 0
+    units_edited: int = 0
+
+    @property
+    def ok(self) -> bool:
+        return all(c.ok for c in self.checks)
+
+    def failures(self) -> list[Check]:
+        return [c for c in self.checks if not c.ok]
+
+
+def edits_from_manifest(manifest: dict) -> dict[str, TensorEdit]:
+    """The tensor edits a manifest declares, keyed by tensor name."""
+    factor = float(manifest["intervention"]["factor"])
+    edits: dict[str, TensorEdit] = {}
+    for layer, entry in manifest.get("layers", {}).items():
+        units = tuple(int(u) for u in entry["units"])
+        for tensor, spec in entry["tensors"].items():
+            edits[tensor] = TensorEdit(tensor, int(spec["axis"]), units, factor, layer)
+    return edits
+
+
+def _same_bits(a: torch.Tensor, b: torch.Tensor) -> bool:
+    # Compare raw bytes: torch.equal would call NaN != NaN and -0.0 == 0.0.
+    if a.shape != b.shape or a.dtype != b.dtype:
+        return False
+    return torch.equal(a.contiguous().reshape(-1).view(torch.uint8), b.contiguous().reshape(-1).view(torch.uint8))
+
+
+def verify(patched: str | os.PathLike, base: str | os.PathLike, *, raise_on_failure: bool = True) -> VerifyReport:
+    """Check a patched checkpoint against its base and its manifest.
+
+    Raises:
+        VerificationError: when a check fails and ``raise_on_failure`` (one line; the report has the details).
+        MempruneError: unreadable inputs or no manifest.
+    """
+    with open_checkpoint(patched) as out, open_checkpoint(base) as ref:
+        report = VerifyReport(out.path, ref.path)
+        manifest = read_manifest(out.path, out.metadata)
+        if manifest is None:
+            raise MempruneError(f"{out.path} has no memprune manifest (no {out.path.stem}.manifest.json, none in its header): nothing to verify against")
+        _check_digests(report, manifest, out.path, ref.path)
+        report.checks.append(Check("format", out.metadata.get("format") == "pt", f"header format={out.metadata.get('format')!r}"))
+        _check_keys(report, out, ref)
+        edits = edits_from_manifest(manifest)
+        report.tensors_edited = len(edits)
+        report.units_edited = sum(len(e["units"]) for e in manifest.get("layers", {}).values())
+        missing = [t for t in edits if t not in ref]
+        report.checks.append(Check("edited tensors exist", not missing, f"missing: {missing[:3]}" if missing else f"{len(edits)} tensors"))
+        bad: list[str] = []
+        for key in ref.keys():
+            if key not in out:
+                continue
+            before, after = ref.get(key), out.get(key)
+            edit = edits.get(key)
+            expected = scale_slices(before, edit) if edit else before
+            report.tensors_checked += 1
+            if not _same_bits(expected, after):
+                bad.append(_describe_mismatch(key, expected, after, edit))
+            elif edit and after.is_floating_point() and (torch.isfinite(before) & ~torch.isfinite(after)).any():
+                bad.append(f"{key}: non-finite values appeared")
+        report.checks.append(Check("tensor contents", not bad, "; ".join(bad[:5]) if bad else f"{report.tensors_checked} tensors match"))
+    if raise_on_failure and not report.ok:
+        first = report.failures()[0]
+        raise VerificationError(f"verification of {report.patched} failed: {first.name}: {first.detail}")
+    return report
+
+
+def _check_digests(report: VerifyReport, manifest: dict, out_path: Path, ref_path: Path) -> None:
+    want_in = manifest.get("input", {}).get("sha256")
+    have_in = checkpoint_sha256(ref_path)
+    report.checks.append(Check("base digest", want_in == have_in, f"manifest {str(want_in)[:12]}, base {have_in[:12]}"))
+    want_out = (manifest.get("output") or {}).get("sha256")
+    if want_out is not None:
+        have_out = sha256_file(out_path)
+        report.checks.append(Check("output digest", want_out == have_out, f"manifest {want_out[:12]}, file {have_out[:12]}"))
+
+
+def _check_keys(report: VerifyReport, out, ref) -> None:
+    out_keys, ref_keys = set(out.keys()), set(ref.keys())
+    extra, lost = sorted(out_keys - ref_keys), sorted(ref_keys - out_keys)
+    detail = f"missing {lost[:3]} extra {extra[:3]}" if (extra or lost) else f"{len(ref_keys)} keys"
+    report.checks.append(Check("same keys", not extra and not lost, detail))
+    wrong = [k for k in ref_keys & out_keys if out.shape(k) != ref.shape(k) or out.dtype(k) != ref.dtype(k)]
+    report.checks.append(Check("same shapes and dtypes", not wrong, f"differ: {sorted(wrong)[:3]}" if wrong else "all equal"))
+
+
+def _describe_mismatch(key: str, expected: torch.Tensor, actual: torch.Tensor, edit: TensorEdit | None) -> str:
+    if expected.shape != actual.shape or expected.dtype != actual.dtype:
+        return f"{key}: shape/dtype changed"
+    diff = (expected.double() - actual.double()).abs() if expected.is_floating_point() else (expected != actual).double()
+    if diff.dim() >= 2:
+        axis = edit.axis if edit else 0
+        per = diff.flatten(2).amax(-1) if diff.dim() > 2 else diff
+        slices = per.amax(1 - axis).nonzero().flatten().tolist()
+        what = "rows" if axis == 0 else "columns"
+        return f"{key}: {what} {slices[:5]} differ from what the manifest declares"
+    return f"{key}: entries {diff.nonzero().flatten().tolist()[:5]} differ from what the manifest declares"
