@@ -192,8 +192,8 @@ def patch(
         result = PatchResult(out_path, None, manifest, selection, edits, per_layer, widths, dry_run=dry_run)
         if dry_run:
             return result
-        _write(ckpt, out_path, edits, manifest)
-    manifest["output"] = {"path": out_path.name, "sha256": sha256_file(out_path)}
+        out_digest = _write(ckpt, out_path, edits, manifest)
+    manifest["output"] = {"path": out_path.name, "sha256": out_digest}
     result.manifest_path = manifest_path_for(out_path)
     write_json_atomic(result.manifest_path, manifest)
     if verify:
@@ -212,7 +212,7 @@ def _require(output: str | os.PathLike | None) -> str | os.PathLike:
     return output
 
 
-def _write(ckpt, out_path: Path, edits: list[TensorEdit], manifest: dict[str, Any]) -> None:
+def _write(ckpt, out_path: Path, edits: list[TensorEdit], manifest: dict[str, Any]) -> str:
     by_tensor = {e.tensor: e for e in edits}
     metadata = {k: v for k, v in ckpt.metadata.items() if k != META_KEY}
     metadata.update({
@@ -228,7 +228,14 @@ def _write(ckpt, out_path: Path, edits: list[TensorEdit], manifest: dict[str, An
             edit = by_tensor.get(key)
             yield key, (scale_slices(tensor, edit) if edit else tensor)
 
-    write_safetensors_stream(out_path, specs, produce(), metadata)
+    return write_safetensors_stream(out_path, specs, produce(), metadata)
+
+
+def _hub_provenance(path: Path) -> dict[str, Any] | None:
+    """``{repo, path, revision, commit}`` when the checkpoint was resolved from an ``hf://`` reference."""
+    from memprune.hub import hub_provenance  # lazy: the Hub client is only needed for Hub inputs
+
+    return hub_provenance(path)
 
 
 def _manifest(ckpt, adapter, kind, digest, score_set, scores_arg, selection, edits, groups, options, command) -> dict[str, Any]:
@@ -249,6 +256,7 @@ def _manifest(ckpt, adapter, kind, digest, score_set, scores_arg, selection, edi
             "format": ckpt.format,
             "container": ckpt.container,
             "trusted_pickle": False,
+            "hub": _hub_provenance(ckpt.path),
         },
         "scores": {
             "path": str(score_path) if score_path else None,
@@ -256,6 +264,7 @@ def _manifest(ckpt, adapter, kind, digest, score_set, scores_arg, selection, edi
             "checkpoint_sha256": score_set.checkpoint_sha256,
             "groups": score_set.groups,
             "info": score_set.info,
+            "tokenizer": score_set.info.get("tokenizer"),
         },
         "architecture": adapter.name,
         "unit_layer": kind,

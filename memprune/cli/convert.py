@@ -21,7 +21,7 @@ from memprune.conversion import convert
 )
 @handle_errors
 def convert_cmd(
-    source: Annotated[Path, typer.Argument(help="Checkpoint to convert (.pth/.pt/.bin or safetensors).")],
+    source: Annotated[str, typer.Argument(help="Checkpoint to convert (.pth/.pt/.bin or safetensors).")],
     output: Annotated[Path, typer.Argument(help="Output .safetensors path.")],
     trust_pickle: Annotated[bool, typer.Option("--trust-pickle", help="Allow arbitrary code in the pickle to run. Only for files from a source you trust.", rich_help_panel="Dangerous Options")] = False,
     fmt: FormatOpt = OutputFormat.table,

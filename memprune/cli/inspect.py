@@ -23,7 +23,7 @@ from memprune.inspection import inspect_checkpoint
 )
 @handle_errors
 def inspect_cmd(
-    checkpoint: Annotated[Path, typer.Argument(help="Checkpoint: .safetensors, *.safetensors.index.json, .pth/.pt/.bin, or hf://OWNER/NAME/FILE.")],
+    checkpoint: Annotated[str, typer.Argument(help="Checkpoint: .safetensors, *.safetensors.index.json, .pth/.pt/.bin, or hf://OWNER/NAME/FILE.")],
     arch: Annotated[str | None, typer.Option("--arch", help="Skip detection: var, rar, llamagen or generic.")] = None,
     layers: Annotated[str | None, typer.Option("--layers", help="Regex over weight names for the generic adapter.")] = None,
     fmt: FormatOpt = OutputFormat.table,

@@ -24,8 +24,8 @@ from memprune.verify import VerifyReport, verify
 )
 @handle_errors
 def patch_cmd(
-    checkpoint: Annotated[Path, typer.Argument(help="Checkpoint to patch (never written over).")],
-    scores: Annotated[Path, typer.Option("--scores", "-s", help="Score file from `memprune score` (or .npz/.pt/.safetensors keyed by layer).")],
+    checkpoint: Annotated[str, typer.Argument(help="Checkpoint to patch (never written over).")],
+    scores: Annotated[str, typer.Option("--scores", "-s", help="Score file from `memprune score` (or .npz/.pt/.safetensors keyed by layer).")],
     output: Annotated[Path | None, typer.Option("--output", "-o", help="Output .safetensors; the manifest goes beside it as <stem>.manifest.json.")] = None,
     top: Annotated[str, typer.Option("--top", help="Share (10%) or count (500) of units to patch.")] = "10%",
     factor: Annotated[float, typer.Option("--factor", help="Multiplier for the selected weights (0.5 halves them; 0 prunes).")] = 0.5,
@@ -91,8 +91,8 @@ def _render_patch(result: PatchResult, quiet: bool) -> None:
 )
 @handle_errors
 def verify_cmd(
-    patched: Annotated[Path, typer.Argument(help="The patched .safetensors (its manifest is read from beside it or its header).")],
-    base: Annotated[Path, typer.Option("--base", help="The checkpoint it was patched from.")],
+    patched: Annotated[str, typer.Argument(help="The patched .safetensors (its manifest is read from beside it or its header).")],
+    base: Annotated[str, typer.Option("--base", help="The checkpoint it was patched from.")],
     fmt: FormatOpt = OutputFormat.table,
     quiet: QuietOpt = False,
     verbose: VerboseOpt = False,

@@ -80,6 +80,8 @@ class Checkpoint:
         self.container: str | None = None
         self.dropped: list[str] = []
         self._handles: dict[Path, Any] = {}
+        self._layout: dict[Path, tuple[int, dict[str, Any]]] = {}  # file -> (first data byte, parsed header)
+        self._files: dict[Path, Any] = {}
         self._where: dict[str, tuple[Path, str]] = {}  # our key -> (file, key inside that file)
         self._tensors: dict[str, torch.Tensor] | None = None
         name = self.path.name
@@ -110,7 +112,10 @@ class Checkpoint:
                 "download or write it again"
             ) from None
         self._handles[file] = handle
-        for key in _file_order(file, handle.keys()):
+        data_start, header = _read_header(file)
+        self._layout[file] = (data_start, header)
+        ordered = sorted(handle.keys(), key=lambda k: header[k]["data_offsets"][0])
+        for key in ordered:
             self._where[_strip_prefixes(key)] = (file, key)
         return handle
 
@@ -153,19 +158,39 @@ class Checkpoint:
         if self._tensors is not None:
             return self._tensors[key]
         file, inner = self._where[key]
-        return self._handles[file].get_tensor(inner)
+        return self._read(file, inner)
+
+    def _read(self, file: Path, inner: str) -> torch.Tensor:
+        # Read with plain file I/O rather than through safetensors' mmap: touched mmap pages count towards the
+        # process's resident memory, and streaming a 10 GB checkpoint must keep that near one tensor.
+        data_start, header = self._layout[file]
+        info = header[inner]
+        begin, end = info["data_offsets"]
+        tensor = torch.empty(info["shape"], dtype=self.dtype(_strip_prefixes(inner)))
+        if end > begin:
+            handle = self._files.get(file)
+            if handle is None:
+                handle = self._files[file] = open(file, "rb")  # noqa: SIM115 - closed in close()
+            handle.seek(data_start + begin)
+            view = memoryview(tensor.reshape(-1).view(torch.uint8).numpy())
+            if handle.readinto(view) != end - begin:
+                raise MempruneError(f"{file} ended inside tensor {inner}: the file is truncated; download it again")
+        return tensor
 
     def shape(self, key: str) -> tuple[int, ...]:
         if self._tensors is not None:
             return tuple(self._tensors[key].shape)
         file, inner = self._where[key]
-        return tuple(self._handles[file].get_slice(inner).get_shape())
+        return tuple(self._layout[file][1][inner]["shape"])
 
     def dtype(self, key: str) -> torch.dtype:
         if self._tensors is not None:
             return self._tensors[key].dtype
         file, inner = self._where[key]
-        return _ST_TO_TORCH[self._handles[file].get_slice(inner).get_dtype()]
+        code = self._layout[file][1][inner]["dtype"]
+        if code not in _ST_TO_TORCH:
+            raise MempruneError(f"tensor {key} has safetensors dtype {code}, which memprune does not handle")
+        return _ST_TO_TORCH[code]
 
     def items(self) -> Iterator[tuple[str, torch.Tensor]]:
         for key in self.keys():
@@ -184,6 +209,9 @@ class Checkpoint:
         return total
 
     def close(self) -> None:
+        for handle in self._files.values():
+            handle.close()
+        self._files.clear()
         self._handles.clear()
         self._tensors = None if self._tensors is None else {}
 
@@ -199,15 +227,13 @@ def open_checkpoint(path: str | os.PathLike) -> Checkpoint:
     return Checkpoint(path)
 
 
-def _file_order(file: Path, keys: list[str]) -> list[str]:
-    """Keys in the order their bytes appear in the file (``safe_open`` lists them sorted by name)."""
-    try:
-        with open(file, "rb") as f:
-            size = int.from_bytes(f.read(8), "little")
-            header = json.loads(f.read(size))
-        return sorted(keys, key=lambda k: header[k]["data_offsets"][0])
-    except (OSError, ValueError, KeyError, TypeError):
-        return list(keys)
+def _read_header(file: Path) -> tuple[int, dict[str, Any]]:
+    """The parsed JSON header of a safetensors file (already validated by ``safe_open``) and where data starts."""
+    with open(file, "rb") as f:
+        size = int.from_bytes(f.read(8), "little")
+        header = json.loads(f.read(size))
+    header.pop("__metadata__", None)
+    return 8 + size, header
 
 
 def _strip_prefixes(key: str) -> str:

@@ -185,7 +185,7 @@ def write_safetensors_stream(
     specs: Iterable[tuple[str, torch.dtype, tuple[int, ...]]],
     produce: Iterable[tuple[str, torch.Tensor]],
     metadata: Mapping[str, str] | None = None,
-) -> None:
+) -> str:
     """Write a safetensors file tensor by tensor, so peak memory is one tensor, not the whole model.
 
     The header (names, dtypes, shapes, byte offsets) is laid out from ``specs`` first; then ``produce``
@@ -197,6 +197,9 @@ def write_safetensors_stream(
         specs: ``(name, dtype, shape)`` for every tensor, in file order.
         produce: ``(name, tensor)`` pairs in the same order.
         metadata: string-to-string header metadata; ``format: pt`` is always set.
+
+    Returns:
+        The sha256 of the written file, computed from the bytes as they were written (no re-read).
     """
     specs = list(specs)
     meta = dict(metadata or {})
@@ -212,18 +215,21 @@ def write_safetensors_stream(
         offset += nbytes
     raw = json.dumps(header, separators=(",", ":")).encode("utf-8")
     raw += b" " * (-len(raw) % 8)  # the format pads the header with spaces to an 8-byte boundary
+    digest = hashlib.sha256()
     with atomic_write(path) as tmp, open(tmp, "wb") as f:
-        f.write(struct.pack("<Q", len(raw)))
-        f.write(raw)
+        for chunk in (struct.pack("<Q", len(raw)), raw):
+            f.write(chunk)
+            digest.update(chunk)
         expected = iter(specs)
         for name, tensor in produce:
             want = next(expected, None)
             if want is None or want[0] != name or want[1] != tensor.dtype or tuple(want[2]) != tuple(tensor.shape):
                 raise RuntimeError(f"tensor stream out of order at {name}: expected {want}")
-            _write_tensor(f, tensor)
+            _write_tensor(f, tensor, digest)
         if next(expected, None) is not None:
             raise RuntimeError("tensor stream ended before every declared tensor was written")
         f.flush()
+    return digest.hexdigest()
 
 
 def _numel(shape: Iterable[int]) -> int:
@@ -233,20 +239,22 @@ def _numel(shape: Iterable[int]) -> int:
     return n
 
 
-def _write_tensor(f, tensor: torch.Tensor) -> None:
+def _write_tensor(f, tensor: torch.Tensor, digest) -> None:
     t = tensor.detach().to("cpu").contiguous()
     if t.numel() == 0:
         return
     # Reinterpret as bytes (little-endian on every platform torch supports) without a dtype round-trip,
     # so bf16/fp8 and -inf/NaN payloads are written bit-exactly.
-    f.write(memoryview(t.reshape(-1).view(torch.uint8).numpy()))
+    data = memoryview(t.reshape(-1).view(torch.uint8).numpy())
+    f.write(data)
+    digest.update(data)
 
 
 def save_safetensors(
     tensors: Mapping[str, torch.Tensor],
     path: str | os.PathLike,
     metadata: Mapping[str, str] | None = None,
-) -> None:
+) -> str:
     """Write a dict of tensors to ``path`` as safetensors, atomically, with ``format: pt`` in the header."""
     specs = [(k, v.dtype, tuple(v.shape)) for k, v in tensors.items()]
-    write_safetensors_stream(path, specs, tensors.items(), metadata)
+    return write_safetensors_stream(path, specs, tensors.items(), metadata)
