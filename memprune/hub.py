@@ -335,11 +335,9 @@ def plan_push(
         manifest = read_manifest(path, ckpt.metadata)
         if manifest is None:
             raise MempruneError(f"{path} has no memprune manifest (no {manifest_path_for(path).name}, none in its header): push uploads outputs of `memprune patch`")
-        checks = manifest_checks(ckpt, manifest)
-    if base is not None:
-        from memprune.verify import verify
+    from memprune.verify import verify
 
-        checks = _merge_checks(checks, verify(path, base, raise_on_failure=False).checks)
+    checks = verify(path, base, raise_on_failure=False).checks
     failed = [c for c in checks if not c.ok]
     warnings = [f"pushing despite failed check {c.name}: {c.detail}" for c in failed]
     if failed and not force:
@@ -360,51 +358,6 @@ def plan_push(
     message = f"memprune: {manifest.get('architecture')} with {sel.get('selected')} memorization units x {inter.get('factor')}"
     description = f"Patched with `{manifest.get('command')}`; source sha256 {manifest.get('input', {}).get('sha256')}."
     return PushPlan(repo_id, files, card, checks, manifest, tok_ref, message, description, warnings + report_warnings + tok_warnings)
-
-
-def manifest_checks(ckpt: Any, manifest: dict[str, Any]) -> list[Any]:
-    """What can be verified without the base: the output digest, the header copy of the manifest, that every
-    edited tensor exists with the declared units in range, and that the edited slices are finite."""
-    import torch
-
-    from memprune.io import sha256_file
-    from memprune.manifest import META_KEY, embeddable
-    from memprune.verify import Check, edits_from_manifest
-
-    checks = [Check("format", ckpt.metadata.get("format") == "pt", f"header format={ckpt.metadata.get('format')!r}")]
-    want = (manifest.get("output") or {}).get("sha256")
-    have = sha256_file(ckpt.path)
-    checks.append(Check("output digest", want == have, f"manifest {str(want)[:12]}, file {have[:12]}" if want else "the manifest records no output digest (its .manifest.json is missing)"))
-    header = ckpt.metadata.get(META_KEY)
-    checks.append(Check("header copy", header == embeddable(manifest), "the manifest equals the copy in the header" if header == embeddable(manifest) else "the manifest differs from the copy in the safetensors header" if header else "the header holds no memprune.manifest"))
-    try:
-        edits = edits_from_manifest(manifest)
-    except (KeyError, TypeError, ValueError) as exc:
-        return [*checks, Check("edited tensors exist", False, f"the manifest's layers/intervention are malformed ({exc!r})")]
-    problems, non_finite = [], []
-    for name, edit in edits.items():
-        if name not in ckpt:
-            problems.append(f"{name} missing")
-            continue
-        shape = ckpt.shape(name)
-        if edit.axis >= len(shape) or (edit.units and (max(edit.units) >= shape[edit.axis] or min(edit.units) < 0)):
-            problems.append(f"{name} units out of range for shape {list(shape)}")
-            continue
-        part = ckpt.get(name).index_select(edit.axis, torch.tensor(edit.units, dtype=torch.long))
-        if part.is_floating_point() and not torch.isfinite(part).all():
-            non_finite.append(name)
-    checks.append(Check("edited tensors exist", not problems, "; ".join(problems[:3]) if problems else f"{len(edits)} tensors"))
-    checks.append(Check("edited slices finite", not non_finite, f"non-finite values in {non_finite[:3]}" if non_finite else "all finite"))
-    return checks
-
-
-def _merge_checks(first: list[Any], second: list[Any]) -> list[Any]:
-    """One entry per check name (the self-check and the full verify share some); failed if either failed."""
-    merged = {c.name: c for c in first}
-    for c in second:
-        if c.name not in merged or (merged[c.name].ok and not c.ok):
-            merged[c.name] = c
-    return list(merged.values())
 
 
 def _check_repo_id(repo_id: str) -> None:

@@ -12,12 +12,13 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from memprune.errors import MempruneError, VerificationError
-from memprune.io import checkpoint_sha256, open_checkpoint, sha256_file
-from memprune.manifest import read_manifest
+from memprune.io import Checkpoint, checkpoint_sha256, open_checkpoint, sha256_file
+from memprune.manifest import META_KEY, embeddable, read_manifest
 from memprune.patching import TensorEdit, scale_slices
 
 
@@ -33,7 +34,7 @@ class VerifyReport:
     """The outcome of every check; ``ok`` is True only if all passed."""
 
     patched: Path
-    base: Path
+    base: Path | None
     checks: list[Check] = field(default_factory=list)
     tensors_checked: int = 0
     tensors_edited: int = 0
@@ -65,53 +66,85 @@ def _same_bits(a: torch.Tensor, b: torch.Tensor) -> bool:
     return torch.equal(a.contiguous().reshape(-1).view(torch.uint8), b.contiguous().reshape(-1).view(torch.uint8))
 
 
-def verify(patched: str | os.PathLike, base: str | os.PathLike, *, raise_on_failure: bool = True) -> VerifyReport:
-    """Check a patched checkpoint against its base and its manifest.
+def verify(
+    patched: str | os.PathLike, base: str | os.PathLike | None = None, *, raise_on_failure: bool = True
+) -> VerifyReport:
+    """Check a patched checkpoint against its manifest and, when given, the checkpoint it was patched from.
+
+    Without ``base`` only what the patched file can show by itself is checked (:func:`self_checks`); with it,
+    every tensor is also compared bit for bit with the base after re-applying the declared edits.
 
     Raises:
         VerificationError: when a check fails and ``raise_on_failure`` (one line; the report has the details).
         MempruneError: unreadable inputs or no manifest.
     """
-    with open_checkpoint(patched) as out, open_checkpoint(base) as ref:
-        report = VerifyReport(out.path, ref.path)
+    with open_checkpoint(patched) as out:
         manifest = read_manifest(out.path, out.metadata)
         if manifest is None:
             raise MempruneError(f"{out.path} has no memprune manifest (no {out.path.stem}.manifest.json, none in its header): nothing to verify against")
-        _check_digests(report, manifest, out.path, ref.path)
-        report.checks.append(Check("format", out.metadata.get("format") == "pt", f"header format={out.metadata.get('format')!r}"))
-        _check_keys(report, out, ref)
+        report = VerifyReport(out.path, None)
+        report.checks.extend(self_checks(out, manifest))
         edits = edits_from_manifest(manifest)
         report.tensors_edited = len(edits)
         report.units_edited = sum(len(e["units"]) for e in manifest.get("layers", {}).values())
-        missing = [t for t in edits if t not in ref]
-        report.checks.append(Check("edited tensors exist", not missing, f"missing: {missing[:3]}" if missing else f"{len(edits)} tensors"))
-        bad: list[str] = []
-        for key in ref.keys():
-            if key not in out:
-                continue
-            before, after = ref.get(key), out.get(key)
-            edit = edits.get(key)
-            expected = scale_slices(before, edit) if edit else before
-            report.tensors_checked += 1
-            if not _same_bits(expected, after):
-                bad.append(_describe_mismatch(key, expected, after, edit))
-            elif edit and after.is_floating_point() and (torch.isfinite(before) & ~torch.isfinite(after)).any():
-                bad.append(f"{key}: non-finite values appeared")
-        report.checks.append(Check("tensor contents", not bad, "; ".join(bad[:5]) if bad else f"{report.tensors_checked} tensors match"))
+        if base is not None:
+            with open_checkpoint(base) as ref:
+                report.base = ref.path
+                _compare_with_base(report, manifest, edits, out, ref)
     if raise_on_failure and not report.ok:
         first = report.failures()[0]
         raise VerificationError(f"verification of {report.patched} failed: {first.name}: {first.detail}")
     return report
 
 
-def _check_digests(report: VerifyReport, manifest: dict, out_path: Path, ref_path: Path) -> None:
+def _compare_with_base(report: VerifyReport, manifest: dict, edits: dict[str, TensorEdit], out: Checkpoint, ref: Checkpoint) -> None:
     want_in = manifest.get("input", {}).get("sha256")
-    have_in = checkpoint_sha256(ref_path)
+    have_in = checkpoint_sha256(ref.path)
     report.checks.append(Check("base digest", want_in == have_in, f"manifest {str(want_in)[:12]}, base {have_in[:12]}"))
-    want_out = (manifest.get("output") or {}).get("sha256")
-    if want_out is not None:
-        have_out = sha256_file(out_path)
-        report.checks.append(Check("output digest", want_out == have_out, f"manifest {want_out[:12]}, file {have_out[:12]}"))
+    _check_keys(report, out, ref)
+    bad: list[str] = []
+    for key in ref.keys():
+        if key not in out:
+            continue
+        before, after = ref.get(key), out.get(key)
+        edit = edits.get(key)
+        expected = scale_slices(before, edit) if edit else before
+        report.tensors_checked += 1
+        if not _same_bits(expected, after):
+            bad.append(_describe_mismatch(key, expected, after, edit))
+        elif edit and after.is_floating_point() and (torch.isfinite(before) & ~torch.isfinite(after)).any():
+            bad.append(f"{key}: non-finite values appeared")
+    report.checks.append(Check("tensor contents", not bad, "; ".join(bad[:5]) if bad else f"{report.tensors_checked} tensors match"))
+
+
+def self_checks(ckpt: Checkpoint, manifest: dict[str, Any]) -> list[Check]:
+    """What can be verified without the base: the output digest, the header copy of the manifest, that every
+    edited tensor exists with the declared units in range, and that the edited slices are finite."""
+    checks = [Check("format", ckpt.metadata.get("format") == "pt", f"header format={ckpt.metadata.get('format')!r}")]
+    want = (manifest.get("output") or {}).get("sha256")
+    have = sha256_file(ckpt.path)
+    checks.append(Check("output digest", want == have, f"manifest {str(want)[:12]}, file {have[:12]}" if want else "the manifest records no output digest (its .manifest.json is missing)"))
+    header = ckpt.metadata.get(META_KEY)
+    checks.append(Check("header copy", header == embeddable(manifest), "the manifest equals the copy in the header" if header == embeddable(manifest) else "the manifest differs from the copy in the safetensors header" if header else "the header holds no memprune.manifest"))
+    try:
+        edits = edits_from_manifest(manifest)
+    except (KeyError, TypeError, ValueError) as exc:
+        return [*checks, Check("edited tensors exist", False, f"the manifest's layers/intervention are malformed ({exc!r})")]
+    problems, non_finite = [], []
+    for name, edit in edits.items():
+        if name not in ckpt:
+            problems.append(f"{name} missing")
+            continue
+        shape = ckpt.shape(name)
+        if edit.axis >= len(shape) or (edit.units and (max(edit.units) >= shape[edit.axis] or min(edit.units) < 0)):
+            problems.append(f"{name} units out of range for shape {list(shape)}")
+            continue
+        part = ckpt.get(name).index_select(edit.axis, torch.tensor(edit.units, dtype=torch.long))
+        if part.is_floating_point() and not torch.isfinite(part).all():
+            non_finite.append(name)
+    checks.append(Check("edited tensors exist", not problems, "; ".join(problems[:3]) if problems else f"{len(edits)} tensors"))
+    checks.append(Check("edited slices finite", not non_finite, f"non-finite values in {non_finite[:3]}" if non_finite else "all finite"))
+    return checks
 
 
 def _check_keys(report: VerifyReport, out, ref) -> None:

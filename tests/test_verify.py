@@ -80,3 +80,15 @@ def test_no_manifest(tmp_path, tiny_var):
     save_safetensors(load_state_dict(tiny_var), tmp_path / "plain.safetensors")
     with pytest.raises(MempruneError, match="no memprune manifest"):
         verify(tmp_path / "plain.safetensors", tiny_var)
+
+
+def test_without_base_runs_self_checks(patched):
+    report = verify(patched)
+    assert report.ok and report.base is None and report.tensors_checked == 0
+    assert {c.name for c in report.checks} >= {"output digest", "header copy", "edited slices finite"}
+    manifest_path = patched.with_name("safe.manifest.json")
+    manifest = json.loads(manifest_path.read_text())
+    manifest["intervention"]["factor"] = 0.25  # a hand-edited manifest no longer matches the header copy
+    manifest_path.write_text(json.dumps(manifest))
+    with pytest.raises(VerificationError, match="header copy"):
+        verify(patched)

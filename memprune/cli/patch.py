@@ -87,17 +87,22 @@ def _render_patch(result: PatchResult, quiet: bool) -> None:
 
 @app.command(
     "verify",
-    epilog=epilog("memprune verify safe.safetensors --base var_d16.pth", "memprune verify safe.safetensors --base var_d16.pth --format json"),
+    epilog=epilog(
+        "memprune verify safe.safetensors --base var_d16.pth",
+        "memprune verify safe.safetensors --base var_d16.pth --format json",
+        "memprune verify safe.safetensors   # self-checks only, when the base is not at hand",
+    ),
 )
 @handle_errors
 def verify_cmd(
     patched: Annotated[str, typer.Argument(help="The patched .safetensors (its manifest is read from beside it or its header).")],
-    base: Annotated[str, typer.Option("--base", help="The checkpoint it was patched from.")],
+    base: Annotated[str | None, typer.Option("--base", help="The checkpoint it was patched from; without it only the self-checks run (digest, header copy, edited slices).")] = None,
     fmt: FormatOpt = OutputFormat.table,
     quiet: QuietOpt = False,
     verbose: VerboseOpt = False,
 ) -> None:
     """Check that only the listed units changed, by exactly the factor, and that digests match."""
+    # Without --base, only what the patched file shows by itself can be checked.
     setup_logging(quiet, verbose)
     report = verify(patched, base, raise_on_failure=False)
     if fmt is OutputFormat.json:
@@ -125,4 +130,5 @@ def _render_report(report: VerifyReport) -> None:
         table.add_row(c.name, "[green]ok[/]" if c.ok else "[bold red]FAILED[/]", c.detail)
     console.print(table)
     verdict = "[bold green]verified[/]" if report.ok else "[bold red]verification failed[/]"
-    console.print(f"{verdict}: {report.units_edited:,} units in {report.tensors_edited} tensors edited, {report.tensors_checked} tensors compared")
+    compared = f"{report.tensors_checked} tensors compared with the base" if report.base else "self-checks only (pass --base to compare every tensor)"
+    console.print(f"{verdict}: {report.units_edited:,} units in {report.tensors_edited} tensors edited, {compared}")

@@ -16,6 +16,7 @@ import memprune.hub as hub
 from memprune.cli import app
 from memprune.errors import MempruneError, VerificationError
 from memprune.io import save_safetensors
+from memprune.verify import self_checks
 
 REPO = "me/var-tiny-memprune"
 TOKEN = "hf_test"
@@ -156,7 +157,7 @@ def test_edited_tensor_missing_or_non_finite_fails_the_self_check(patched):
     layer = next(iter(manifest["layers"].values()))
     layer["tensors"]["blocks.9.ffn.fc1.weight"] = {"axis": 0}
     with open_checkpoint(out) as ckpt:
-        checks = {c.name: c for c in hub.manifest_checks(ckpt, manifest)}
+        checks = {c.name: c for c in self_checks(ckpt, manifest)}
     assert not checks["edited tensors exist"].ok and "blocks.9.ffn.fc1.weight missing" in checks["edited tensors exist"].detail
     with open_checkpoint(out) as ckpt:
         sd = {k: v.clone() for k, v in ckpt.items()}
@@ -166,7 +167,7 @@ def test_edited_tensor_missing_or_non_finite_fails_the_self_check(patched):
     save_safetensors(sd, bad)
     manifest = json.loads(out.with_name("safe.manifest.json").read_text())
     with open_checkpoint(bad) as ckpt:
-        checks = {c.name: c for c in hub.manifest_checks(ckpt, manifest)}
+        checks = {c.name: c for c in self_checks(ckpt, manifest)}
     assert not checks["edited slices finite"].ok
 
 
