@@ -40,7 +40,8 @@ class ScoreSet:
         arch: architecture name, when known.
         image_independent: groups whose statistics cannot depend on the image (VAR scale 0 depends only on the
             class label); they are left out when scales are aggregated for selection.
-        stats: streaming statistics (``max.<layer>``, ``argmax.<layer>``, ``sum.<layer>``, ``count``) for merging.
+        stats: streaming statistics (``max.<layer>``, ``argmax.<layer>``, ``sum.<layer>``, ``ties.<layer>``,
+            ``count``) for merging shards exactly; see docs/scoring.md.
         images: the scoring images in global index order (what ``argmax`` indexes).
         info: other metadata (data description, settings), JSON-serialisable.
     """

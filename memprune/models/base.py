@@ -88,6 +88,14 @@ class IARModel(nn.Module, ABC):
     def position_groups(self) -> list[PositionGroup]:
         """The row groups over which per-unit statistics are averaged (one score per group)."""
 
+    def image_independent_groups(self) -> list[str]:
+        """Position groups whose activations cannot depend on the image (VAR: scale 0 sees only the class).
+
+        Their per-image statistics measure class selectivity, not memorization of an image, so selection
+        leaves them out when it aggregates over groups.
+        """
+        return []
+
     def valid_prefix_lengths(self) -> list[int] | None:
         """Token counts a prefix may have (VAR: scale boundaries); ``None`` means any length."""
         return None

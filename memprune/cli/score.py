@@ -1,0 +1,171 @@
+"""``memprune score`` and ``memprune merge``."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColumn, Task, TextColumn, TimeRemainingColumn
+from rich.table import Table
+from rich.text import Text
+
+from memprune.cli import app
+from memprune.cli._common import (
+    DeviceOpt,
+    FormatOpt,
+    OutputFormat,
+    QuietOpt,
+    VerboseOpt,
+    console,
+    epilog,
+    err_console,
+    handle_errors,
+    print_json,
+    setup_logging,
+)
+
+
+class _RateColumn(ProgressColumn):
+    """Images per second over the task's recent history."""
+
+    def render(self, task: Task) -> Text:
+        speed = task.finished_speed or task.speed
+        return Text("-- img/s" if speed is None else f"{speed:.1f} img/s", style="progress.data.speed")
+
+
+@contextlib.contextmanager
+def _progress(enabled: bool) -> Iterator:
+    if not enabled:
+        yield None
+        return
+    columns = (TextColumn("scoring"), BarColumn(), MofNCompleteColumn(), _RateColumn(), TextColumn("ETA"),
+               TimeRemainingColumn())
+    with Progress(*columns, console=err_console, transient=False) as bar:
+        task = bar.add_task("score", total=None)
+
+        def update(done: int, total: int) -> None:
+            bar.update(task, completed=done, total=total)
+
+        yield update
+
+
+@app.command(
+    "score",
+    epilog=epilog(
+        "memprune score var_d16.pth --tokenizer vae_ch160v4096z32.pth --data imagenet/train --fraction 1% -o scores.safetensors",
+        "memprune score var_d16.pth --tokenizer vae.pth --data train.csv --per-class 5 --no-augment -o s.safetensors --device cuda",
+        "memprune score rar_xxl.bin --tokenizer maskgit-vqgan-imagenet-f16-256.bin --data imagenet/train --class-index LOC_synset_mapping.txt --augs 2 -o rar.safetensors",
+        "memprune score var_d30.pth --tokenizer vae.pth --data train --fraction 1% --shard 0/4 -o part0.safetensors --checkpoint-every 500 --resume",
+        "torchrun --nproc_per_node 8 -m memprune score var_d30.pth --tokenizer vae.pth --data train --fraction 1% -o scores.safetensors --device cuda",
+    ),
+)
+@handle_errors
+def score_cmd(
+    checkpoint: Annotated[Path, typer.Argument(help="Model checkpoint (VAR .pth, RAR .bin, safetensors...).")],
+    tokenizer: Annotated[Path, typer.Option("--tokenizer", help="The model's tokenizer checkpoint (VAR VQVAE / RAR MaskGIT-VQGAN).")],
+    data: Annotated[Path, typer.Option("--data", help="Image folder (one sub-folder per class) or a CSV with header path,label.")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Score file to write (.safetensors).")],
+    class_index: Annotated[Path | None, typer.Option("--class-index", help="JSON or text mapping folder/label names to class ids (default: sorted folder order).")] = None,
+    fraction: Annotated[str | None, typer.Option("--fraction", help="Class-balanced seeded share of the data, e.g. 1%.")] = None,
+    per_class: Annotated[int | None, typer.Option("--per-class", help="Class-balanced seeded number of images per class.")] = None,
+    augs: Annotated[int | None, typer.Option("--augs", help="Training-augmentation views averaged per image (default 10).")] = None,
+    no_augment: Annotated[bool, typer.Option("--no-augment", help="One deterministic view: resize shorter side + centre crop.")] = False,
+    layers: Annotated[str, typer.Option("--layers", help="Unit layers: fc1 (post-activation, the paper's), fc2, attn.proj, or a comma list.")] = "fc1",
+    batch_size: Annotated[int, typer.Option("--batch-size", "-b", help="Images per forward.")] = 16,
+    device: DeviceOpt = "auto",
+    dtype: Annotated[str, typer.Option("--dtype", help="auto (bfloat16 on CUDA, float32 on CPU), float32, bfloat16 or float16.")] = "auto",
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the subset and of the random crops.")] = 0,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted run from its last checkpoint.")] = False,
+    checkpoint_every: Annotated[int, typer.Option("--checkpoint-every", help="Save the statistics every N images (0 = never).")] = 0,
+    shard: Annotated[str | None, typer.Option("--shard", help="Score only part i of n (i/n, from 0); combine with `memprune merge`.")] = None,
+    arch: Annotated[str | None, typer.Option("--arch", help="Skip detection: var or rar.")] = None,
+    workers: Annotated[int, typer.Option("--workers", help="Image-loading threads.")] = 2,
+    fmt: FormatOpt = OutputFormat.table,
+    quiet: QuietOpt = False,
+    verbose: VerboseOpt = False,
+) -> None:
+    """Compute UnitMem for every unit (per position group: VAR scales, RAR last token) over training images."""
+    from memprune.scoring.engine import score
+
+    setup_logging(quiet, verbose)
+    show = not quiet and fmt is OutputFormat.table and int(os.environ.get("RANK", "0")) == 0
+    with _progress(show) as progress:
+        result = score(
+            checkpoint, data, tokenizer=tokenizer, output=output, class_index=class_index, fraction=fraction,
+            per_class=per_class, augs=augs, augment=not no_augment, layers=layers, batch_size=batch_size,
+            device=device, dtype=dtype, seed=seed, resume=resume, checkpoint_every=checkpoint_every, shard=shard,
+            arch=arch, workers=workers, progress=progress,
+        )  # fmt: skip
+    if result.output is None:  # a non-zero rank under torchrun: rank 0 reports
+        return
+    if fmt is OutputFormat.json:
+        print_json(_score_json(result))
+        return
+    _render_score(result, quiet)
+
+
+def _score_json(result) -> dict:
+    s = result.scores
+    return {
+        "output": result.output,
+        "images": result.images,
+        "total_images": result.total_images,
+        "shard": result.shard,
+        "world_size": result.world_size,
+        "seconds": result.seconds,
+        "images_per_second": result.images_per_second,
+        "resumed_from": result.resumed_from,
+        "groups": s.groups,
+        "image_independent_groups": s.image_independent,
+        "layers": {n: list(v.shape) for n, v in s.scores.items()},
+        "dead_units": result.dead,
+        "tied_units": result.tied,
+        "checkpoint_sha256": s.checkpoint_sha256,
+    }
+
+
+def _render_score(result, quiet: bool) -> None:
+    s = result.scores
+    if not quiet:
+        table = Table("layer", "mean UnitMem", "max UnitMem", "dead", "tied", title="UnitMem per layer (over groups x units)")
+        for name, v in s.scores.items():
+            table.add_row(name, f"{v.mean():.4f}", f"{v.max():.4f}", str(result.dead.get(name, 0)), str(result.tied.get(name, 0)))
+        console.print(table)
+    part = f" (shard {result.shard[0]}/{result.shard[1]} of {result.total_images})" if result.shard else ""
+    dead = sum(result.dead.values())
+    console.print(
+        f"scored {result.images:,} images{part} x {len(s.groups)} group(s) in {result.seconds:.1f}s "
+        f"({result.images_per_second:.2f} img/s, {result.world_size} process(es)); {dead:,} dead unit entries"
+    )
+    console.print(f"wrote [bold]{result.output}[/]; next: memprune report {result.output} -o report/")
+
+
+@app.command(
+    "merge",
+    epilog=epilog(
+        "memprune merge part0.safetensors part1.safetensors part2.safetensors part3.safetensors -o scores.safetensors",
+        "memprune merge parts/*.safetensors -o scores.safetensors --format json",
+    ),
+)
+@handle_errors
+def merge_cmd(
+    shards: Annotated[list[Path], typer.Argument(help="Score files of `memprune score --shard i/n` runs (all n parts).")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Merged score file to write.")],
+    fmt: FormatOpt = OutputFormat.table,
+    quiet: QuietOpt = False,
+    verbose: VerboseOpt = False,
+) -> None:
+    """Combine shard score files exactly (sums add; max/argmax by larger max, then smaller image index)."""
+    from memprune.scoring.merge import merge_scores
+
+    setup_logging(quiet, verbose)
+    result = merge_scores(shards, output)
+    if fmt is OutputFormat.json:
+        print_json({"output": result.output, "shards": result.shards, "images": result.images,
+                    "dead_units": result.dead, "tied_units": result.tied})
+        return
+    console.print(f"merged {result.shards} shards ({result.images:,} images) into [bold]{result.output}[/]")
