@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from memprune.io import checkpoint_sha256, save_safetensors
+from memprune.io import checkpoint_sha256
 from memprune.scores import ScoreSet, save_scores
 
 

@@ -12,7 +12,7 @@ import torch
 from memprune.errors import MempruneError
 from memprune.io import check_output_path, open_checkpoint, save_safetensors
 from memprune.io.pickles import unsafe_load_trusted
-from memprune.io.reader import _unwrap, _strip_prefixes
+from memprune.io.reader import _strip_prefixes, _unwrap
 
 log = logging.getLogger(__name__)
 

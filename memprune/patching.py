@@ -25,9 +25,22 @@ import torch
 from memprune import __version__
 from memprune.adapters import UNIT_KINDS, Adapter, UnitLayer, detect_adapter
 from memprune.errors import MempruneError
-from memprune.io import check_output_path, checkpoint_sha256, open_checkpoint, sha256_file, write_json_atomic
-from memprune.io import write_safetensors_stream
-from memprune.manifest import SCHEMA, META_KEY, embeddable, history_from, manifest_path_for, read_manifest
+from memprune.io import (
+    check_output_path,
+    checkpoint_sha256,
+    open_checkpoint,
+    sha256_file,
+    write_json_atomic,
+    write_safetensors_stream,
+)
+from memprune.manifest import (
+    META_KEY,
+    SCHEMA,
+    embeddable,
+    history_from,
+    manifest_path_for,
+    read_manifest,
+)
 from memprune.scores import ScoreSet, load_scores, validate_scores
 from memprune.selection import Selection, aggregate_groups, parse_top, select_units
 
@@ -233,7 +246,9 @@ def _write(ckpt, out_path: Path, edits: list[TensorEdit], manifest: dict[str, An
 
 def _hub_provenance(path: Path) -> dict[str, Any] | None:
     """``{repo, path, revision, commit}`` when the checkpoint was resolved from an ``hf://`` reference."""
-    from memprune.hub import hub_provenance  # lazy: the Hub client is only needed for Hub inputs
+    from memprune.hub import (
+        hub_provenance,  # lazy: the Hub client is only needed for Hub inputs
+    )
 
     return hub_provenance(path)
 

@@ -6,7 +6,7 @@ import os
 
 import pytest
 import torch
-from conftest import var_state_dict
+from tiny_checkpoints import var_state_dict
 
 from memprune.conversion import convert
 from memprune.errors import UnsafeCheckpointError

@@ -6,10 +6,15 @@ import json
 
 import pytest
 import torch
-from conftest import llamagen_state_dict, var_state_dict
+from tiny_checkpoints import llamagen_state_dict, var_state_dict
 
 from memprune.errors import MempruneError
-from memprune.io import checkpoint_sha256, load_state_dict, open_checkpoint, save_safetensors
+from memprune.io import (
+    checkpoint_sha256,
+    load_state_dict,
+    open_checkpoint,
+    save_safetensors,
+)
 from memprune.manifest import read_manifest
 from memprune.patching import patch
 from memprune.scores import ScoreSet, save_scores

@@ -22,6 +22,7 @@ import typer
 from rich.console import Console
 
 from memprune.errors import MempruneError
+from memprune.models.loading import resolve_device  # noqa: F401  (re-exported for the commands)
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -43,21 +44,6 @@ DeviceOpt = Annotated[str, typer.Option("--device", help="torch device: cpu, cud
 def setup_logging(quiet: bool, verbose: bool) -> None:
     level = logging.WARNING if quiet else logging.DEBUG if verbose else logging.INFO
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr, force=True)
-
-
-def resolve_device(device: str) -> str:
-    """``auto`` picks CUDA when available; anything else is checked by torch."""
-    import torch
-
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    try:
-        dev = torch.device(device)
-    except RuntimeError:
-        raise MempruneError(f"--device {device!r} is not a torch device: use cpu, cuda or cuda:N") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise MempruneError(f"--device {device} was asked for but CUDA is not available here: use --device cpu")
-    return device
 
 
 def handle_errors(fn: F) -> F:

@@ -8,7 +8,17 @@ from typing import Annotated
 import typer
 
 from memprune.cli import app
-from memprune.cli._common import FormatOpt, OutputFormat, QuietOpt, VerboseOpt, console, epilog, handle_errors, print_json, setup_logging
+from memprune.cli._common import (
+    FormatOpt,
+    OutputFormat,
+    QuietOpt,
+    VerboseOpt,
+    console,
+    epilog,
+    handle_errors,
+    print_json,
+    setup_logging,
+)
 from memprune.conversion import convert
 
 

@@ -9,7 +9,18 @@ import typer
 from rich.table import Table
 
 from memprune.cli import app
-from memprune.cli._common import FormatOpt, OutputFormat, QuietOpt, VerboseOpt, console, epilog, err_console, handle_errors, print_json, setup_logging
+from memprune.cli._common import (
+    FormatOpt,
+    OutputFormat,
+    QuietOpt,
+    VerboseOpt,
+    console,
+    epilog,
+    err_console,
+    handle_errors,
+    print_json,
+    setup_logging,
+)
 from memprune.hub import PushResult, push
 
 
@@ -23,7 +34,7 @@ from memprune.hub import PushResult, push
 )
 @handle_errors
 def push_cmd(
-    patched: Annotated[Path, typer.Argument(help="The .safetensors written by `memprune patch` (its .manifest.json beside it).")],
+    patched: Annotated[str, typer.Argument(help="The .safetensors written by `memprune patch` (its .manifest.json beside it).")],
     repo: Annotated[str, typer.Option("--repo", "-r", help="Target repository OWNER/NAME; created if missing.")],
     reports: Annotated[list[Path] | None, typer.Option("--reports", help="Folder with audit_summary.json / fid.json (repeatable); the checkpoint's folder is always searched.")] = None,
     base: Annotated[str | None, typer.Option("--base", help="The checkpoint it was patched from (path or hf://...): run the full verify before pushing.")] = None,

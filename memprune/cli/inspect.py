@@ -2,14 +2,23 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Annotated
 
 import typer
 from rich.table import Table
 
 from memprune.cli import app
-from memprune.cli._common import FormatOpt, OutputFormat, QuietOpt, VerboseOpt, console, epilog, handle_errors, print_json, setup_logging
+from memprune.cli._common import (
+    FormatOpt,
+    OutputFormat,
+    QuietOpt,
+    VerboseOpt,
+    console,
+    epilog,
+    handle_errors,
+    print_json,
+    setup_logging,
+)
 from memprune.inspection import inspect_checkpoint
 
 

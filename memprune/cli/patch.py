@@ -9,7 +9,17 @@ import typer
 from rich.table import Table
 
 from memprune.cli import app
-from memprune.cli._common import FormatOpt, OutputFormat, QuietOpt, VerboseOpt, console, epilog, handle_errors, print_json, setup_logging
+from memprune.cli._common import (
+    FormatOpt,
+    OutputFormat,
+    QuietOpt,
+    VerboseOpt,
+    console,
+    epilog,
+    handle_errors,
+    print_json,
+    setup_logging,
+)
 from memprune.patching import PatchResult, patch
 from memprune.verify import VerifyReport, verify
 

@@ -9,7 +9,15 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColumn, Task, TextColumn, TimeRemainingColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    ProgressColumn,
+    Task,
+    TextColumn,
+    TimeRemainingColumn,
+)
 from rich.table import Table
 from rich.text import Text
 
@@ -65,8 +73,8 @@ def _progress(enabled: bool) -> Iterator:
 )
 @handle_errors
 def score_cmd(
-    checkpoint: Annotated[Path, typer.Argument(help="Model checkpoint (VAR .pth, RAR .bin, safetensors...).")],
-    tokenizer: Annotated[Path, typer.Option("--tokenizer", help="The model's tokenizer checkpoint (VAR VQVAE / RAR MaskGIT-VQGAN).")],
+    checkpoint: Annotated[str, typer.Argument(help="Model checkpoint (VAR .pth, RAR .bin, safetensors, hf://OWNER/NAME/FILE).")],
+    tokenizer: Annotated[str, typer.Option("--tokenizer", help="The model's tokenizer checkpoint (VAR VQVAE / RAR MaskGIT-VQGAN), path or hf:// reference.")],
     data: Annotated[Path, typer.Option("--data", help="Image folder (one sub-folder per class) or a CSV with header path,label.")],
     output: Annotated[Path, typer.Option("--output", "-o", help="Score file to write (.safetensors).")],
     class_index: Annotated[Path | None, typer.Option("--class-index", help="JSON or text mapping folder/label names to class ids (default: sorted folder order).")] = None,

@@ -10,9 +10,9 @@ See ``docs/evaluators.md`` for the preprocessing protocols.
 """
 
 from memprune.evaluators.fid import (
+    FeatureStatsAccumulator,
     FIDMetric,
     FIDStats,
-    FeatureStatsAccumulator,
     compute_stats,
     compute_stats_for_folder,
     frechet_distance,
@@ -22,8 +22,18 @@ from memprune.evaluators.fid import (
     preprocess_for_inception,
     save_stats,
 )
-from memprune.evaluators.images import ImageInput, list_image_files, load_image, pil_to_rgb, to_float_images
-from memprune.evaluators.inception import FIDInceptionV3, download_inception, load_inception
+from memprune.evaluators.images import (
+    ImageInput,
+    list_image_files,
+    load_image,
+    pil_to_rgb,
+    to_float_images,
+)
+from memprune.evaluators.inception import (
+    FIDInceptionV3,
+    download_inception,
+    load_inception,
+)
 from memprune.evaluators.sscd import (
     COPY_THRESHOLD,
     OnnxSSCD,

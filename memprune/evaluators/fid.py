@@ -27,7 +27,12 @@ import torch.nn.functional as F
 from PIL import Image
 
 from memprune.errors import MempruneError
-from memprune.evaluators.images import ImageInput, iter_image_batches, list_image_files, stack_resized
+from memprune.evaluators.images import (
+    ImageInput,
+    iter_image_batches,
+    list_image_files,
+    stack_resized,
+)
 from memprune.evaluators.inception import FIDInceptionV3
 from memprune.io import atomic_write
 

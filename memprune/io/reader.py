@@ -46,7 +46,9 @@ def resolve_checkpoint_path(path: str | os.PathLike) -> Path:
     """Turn a user argument into a checkpoint file (a folder resolves to its index or single safetensors)."""
     text = str(path)
     if text.startswith("hf://"):
-        from memprune.hub import resolve_hf_uri  # imported lazily: the Hub client is only needed here
+        from memprune.hub import (
+            resolve_hf_uri,  # imported lazily: the Hub client is only needed here
+        )
 
         return resolve_hf_uri(text)
     p = Path(path)

@@ -339,7 +339,9 @@ def read_state_dict(source: str | os.PathLike | Mapping[str, torch.Tensor]) -> d
     """A state dict from a path (through :mod:`memprune.io`, pickles with ``weights_only=True``) or a mapping."""
     if isinstance(source, Mapping):
         return dict(source)
-    from memprune.io import load_state_dict  # imported here: the model modules stay importable on their own
+    from memprune.io import (
+        load_state_dict,  # imported here: the model modules stay importable on their own
+    )
 
     return load_state_dict(source)
 

@@ -26,14 +26,22 @@ from typing import Any
 
 import torch
 
-from memprune.data import DataSet, ImageRecord, ViewPipeline, balanced_subset, check_labels, load_records, parse_fraction
+from memprune.data import (
+    DataSet,
+    ImageRecord,
+    ViewPipeline,
+    balanced_subset,
+    check_labels,
+    load_records,
+    parse_fraction,
+)
 from memprune.errors import MempruneError
 from memprune.models.base import IARModel, PositionGroup
+from memprune.models.loading import load_model, resolve_device, resolve_dtype
 from memprune.scores import ScoreSet, save_scores
 from memprune.scoring import distributed as D
 from memprune.scoring import resume as R
 from memprune.scoring.hooks import capture_groups
-from memprune.scoring.model_loading import load_scoring_model, records_digest, resolve_device, resolve_dtype
 from memprune.scoring.stats import StreamingStats
 
 log = logging.getLogger(__name__)
@@ -300,7 +308,7 @@ def _check_options(augs: int | None, augment: bool, batch_size: int, every: int,
 def _run(checkpoint, tokenizer, records, data_desc, out_path, layer_kinds, augs, augment, batch_size, device,
          dtype, seed, resume, every, shard, arch, workers, digest, progress, info) -> ScoreResult:
     dev = D.local_device(device, info)
-    model, digest = load_scoring_model(checkpoint, tokenizer, device=dev, dtype=dtype, arch=arch, digest=digest)
+    model, digest = load_model(checkpoint, tokenizer, device=dev, dtype=dtype, arch=arch, digest=digest)
     check_labels(records, model.num_classes)
     views = ViewPipeline.for_arch(model.arch, model.image_size, augment=augment, seed=seed)
     groups = model.position_groups()
@@ -312,7 +320,7 @@ def _run(checkpoint, tokenizer, records, data_desc, out_path, layer_kinds, augs,
         "dtype": str(resolve_dtype(dtype, model.device)).replace("torch.", ""), "variant": VARIANT,
         "fraction": data_desc["fraction"], "per_class": data_desc["per_class"],
     }
-    run_id = {**settings, "checkpoint": digest, "records": records_digest(records), "batch_size": batch_size,
+    run_id = {**settings, "checkpoint": digest, "records": R.records_digest(records), "batch_size": batch_size,
               "range": [my_begin, my_end]}
     stats, start = _initial_stats(model, layer_kinds, out_path, shard, info, run_id, resume)
     partial = R.partial_path(out_path, shard, info.rank, info.world_size) if out_path is not None else None
@@ -341,6 +349,7 @@ def _run(checkpoint, tokenizer, records, data_desc, out_path, layer_kinds, augs,
         image_independent=_image_independent(model, groups), stats=stats.state_dict(),
         images=[r.id for r in records],
         info={"data": data_desc, "settings": settings, "images_scored": end - begin,
+              "tokenizer": None if tokenizer is None or isinstance(checkpoint, IARModel) else str(tokenizer),
               "shard": {"index": shard[0], "count": shard[1], "begin": begin, "end": end} if shard else None,
               "dead_units": finished.dead, "tied_units": finished.tied, "labels": [r.label for r in records]},
     )

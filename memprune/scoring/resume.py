@@ -13,14 +13,18 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from memprune.errors import MempruneError
 from memprune.io import open_checkpoint, save_safetensors
 from memprune.scoring.stats import StreamingStats
+
+if TYPE_CHECKING:
+    from memprune.data import ImageRecord
 
 log = logging.getLogger(__name__)
 KIND = "memprune.scoring-checkpoint"
@@ -76,3 +80,11 @@ def remove_partial(path: Path) -> None:
         pass
     except OSError as exc:  # read-only folder etc.: the scores are written, so only warn
         log.warning("could not remove the scoring checkpoint %s (%s); delete it by hand", path, exc)
+
+
+def records_digest(records: Sequence[ImageRecord]) -> str:
+    """sha256 over the ``id<TAB>label`` lines of the scoring set (order matters: it defines the indices)."""
+    h = hashlib.sha256()
+    for r in records:
+        h.update(f"{r.id}\t{r.label}\n".encode())
+    return h.hexdigest()

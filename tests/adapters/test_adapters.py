@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import llamagen_state_dict, rar_state_dict, var_state_dict
+from tiny_checkpoints import llamagen_state_dict, rar_state_dict, var_state_dict
 
 from memprune.adapters import detect_adapter, known_adapters
 from memprune.errors import MempruneError

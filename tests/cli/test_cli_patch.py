@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 import torch
-from conftest import var_state_dict
+from tiny_checkpoints import var_state_dict
 from typer.testing import CliRunner
 
 from memprune.cli import app

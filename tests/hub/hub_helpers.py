@@ -7,11 +7,8 @@ import hashlib
 import os
 from pathlib import Path
 
-import pytest
 import torch
-from fake_hub import FakeHub
 
-import memprune.hub as hub
 from memprune.io import checkpoint_sha256, save_safetensors
 from memprune.patching import patch
 from memprune.scores import ScoreSet, save_scores
@@ -78,40 +75,3 @@ def fill_cache(cache: Path, repo_id: str, files: dict[str, bytes], commit: str, 
         link.parent.mkdir(parents=True, exist_ok=True)
         link.symlink_to(os.path.relpath(repo_dir / "blobs" / oid, link.parent))
     return snapshot
-
-
-@pytest.fixture
-def hf_env(tmp_path, monkeypatch):
-    """An empty Hub cache in tmp_path, no saved token, Xet off, and a clean provenance registry."""
-    from huggingface_hub import constants
-
-    cache = tmp_path / "hf_cache"
-    cache.mkdir()
-    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
-    monkeypatch.setattr(constants, "HF_HUB_DISABLE_XET", True)
-    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
-    monkeypatch.delenv("HF_TOKEN", raising=False)
-    monkeypatch.setattr(constants, "HF_TOKEN_PATH", str(tmp_path / "no_saved_token"))
-    monkeypatch.setattr(constants, "AGENT_HARNESSES_PATH", str(tmp_path / "agent_harnesses.json"), raising=False)
-    monkeypatch.setattr(hub, "_RESOLVED", {})
-    return cache
-
-
-@pytest.fixture
-def offline(hf_env, monkeypatch):
-    from huggingface_hub import constants
-
-    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
-    return hf_env
-
-
-@pytest.fixture
-def online(hf_env, monkeypatch):
-    """The stand-in Hub, with huggingface_hub's import-time endpoint constants pointed at it."""
-    from huggingface_hub import constants
-
-    with FakeHub() as server:
-        monkeypatch.setattr(constants, "ENDPOINT", server.endpoint)
-        monkeypatch.setattr(constants, "HUGGINGFACE_CO_URL_TEMPLATE", server.endpoint + "/{repo_id}/resolve/{revision}/{filename}")
-        yield server
-    assert server.unhandled == [], server.unhandled

@@ -6,8 +6,8 @@ import json
 
 import pytest
 import yaml
-from huggingface_hub import ModelCard
 from hub_helpers import COMMIT, make_patched
+from huggingface_hub import ModelCard
 
 from memprune.card import find_reports, render_card
 from memprune.errors import MempruneError

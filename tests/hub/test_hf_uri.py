@@ -5,13 +5,19 @@ from __future__ import annotations
 import json
 
 import pytest
-from hub_helpers import COMMIT, fill_cache, hf_env, make_patched, offline, online, tiny_var_state_dict  # noqa: F401 (fixtures)
+from hub_helpers import COMMIT, fill_cache, make_patched, tiny_var_state_dict
 
 import memprune.hub as hub
 from memprune.errors import MempruneError
-from memprune.io import load_state_dict, open_checkpoint, resolve_checkpoint_path, save_safetensors
+from memprune.io import (
+    load_state_dict,
+    open_checkpoint,
+    resolve_checkpoint_path,
+    save_safetensors,
+)
 from memprune.manifest import read_manifest
 from memprune.verify import verify
+
 
 @pytest.mark.parametrize(
     ("uri", "expected"),

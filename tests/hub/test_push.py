@@ -8,8 +8,8 @@ import json
 import pytest
 import torch
 import yaml
+from hub_helpers import make_patched, tiny_var_state_dict
 from huggingface_hub import ModelCard
-from hub_helpers import hf_env, make_patched, online, tiny_var_state_dict  # noqa: F401 (fixtures)
 from typer.testing import CliRunner
 
 import memprune.hub as hub

@@ -7,10 +7,16 @@ import json
 
 import pytest
 import torch
-from conftest import var_state_dict
+from tiny_checkpoints import var_state_dict
 
 from memprune.errors import MempruneError
-from memprune.io import checkpoint_sha256, load_state_dict, open_checkpoint, save_safetensors, sha256_file
+from memprune.io import (
+    checkpoint_sha256,
+    load_state_dict,
+    open_checkpoint,
+    save_safetensors,
+    sha256_file,
+)
 
 
 def _assert_same(a: dict, b: dict) -> None:

@@ -14,7 +14,12 @@ import torch
 from safetensors import safe_open
 
 from memprune.errors import MempruneError
-from memprune.io import atomic_write, check_output_path, save_safetensors, write_safetensors_stream
+from memprune.io import (
+    atomic_write,
+    check_output_path,
+    save_safetensors,
+    write_safetensors_stream,
+)
 
 
 def test_header_keeps_format_pt_and_string_metadata(tmp_path):

@@ -9,11 +9,11 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from tiny_model import TinyIAR, distributed_worker
 
 from memprune.scores import load_scores
 from memprune.scoring import score
 from memprune.scoring.distributed import split_range
-from tiny_model import TinyIAR, distributed_worker
 
 
 def _free_port() -> int:

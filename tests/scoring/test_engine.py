@@ -7,12 +7,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from tiny_model import TinyIAR, direct_unitmem
 
 from memprune.data import ViewPipeline
 from memprune.errors import MempruneError
 from memprune.scores import load_scores
 from memprune.scoring import merge_scores, score, select_images
-from tiny_model import TinyIAR, direct_unitmem
 
 
 class Killed(Exception):
@@ -65,7 +65,7 @@ def test_several_layer_types(tiny: TinyIAR, folder: Path) -> None:
 
 
 def test_resume_after_kill_is_identical(tiny: TinyIAR, folder: Path, tmp_path: Path) -> None:
-    ref = score(tiny, folder, augs=2, batch_size=2, output=tmp_path / "ref.safetensors")
+    score(tiny, folder, augs=2, batch_size=2, output=tmp_path / "ref.safetensors")
     out = tmp_path / "s.safetensors"
     partial = out.with_name("s.safetensors.partial.safetensors")
 

