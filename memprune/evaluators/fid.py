@@ -194,11 +194,16 @@ def frechet_distance_arrays(
     linalg = _import_scipy_linalg()
     diff = mu1 - mu2
     product = sigma1 @ sigma2
-    covmean = linalg.sqrtm(product)
+    with warnings.catch_warnings():
+        # scipy warns on a singular product; that case is detected below and retried with an offset.
+        warnings.simplefilter("ignore", getattr(linalg, "LinAlgWarning", RuntimeWarning))
+        covmean = linalg.sqrtm(product)
     if not _is_good_sqrt(covmean, product):
         warnings.warn(f"FID: sqrtm(sigma1 sigma2) failed (singular product); adding {eps} * I to both", stacklevel=2)
         offset = np.eye(sigma1.shape[0]) * eps
-        covmean = linalg.sqrtm((sigma1 + offset) @ (sigma2 + offset))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", getattr(linalg, "LinAlgWarning", RuntimeWarning))
+            covmean = linalg.sqrtm((sigma1 + offset) @ (sigma2 + offset))
     if np.iscomplexobj(covmean):
         max_imag = float(np.max(np.abs(np.diagonal(covmean).imag)))
         if max_imag > _IMAG_TOL:

@@ -7,7 +7,12 @@ import torch
 
 from memprune.errors import MempruneError
 from memprune.models.maskgit_vqgan import MaskGITVQGAN, MaskGITVQGANConfig
-from memprune.models.rar import RARModel, build_random_rar, load_rar, rar_config_from_state_dict
+from memprune.models.rar import (
+    RARModel,
+    build_random_rar,
+    load_rar,
+    rar_config_from_state_dict,
+)
 from memprune.models.rar_transformer import RARConfig, RARTransformer
 
 SMALL = RARConfig(hidden_size=32, depth=2, num_heads=2, mlp_hidden=80)

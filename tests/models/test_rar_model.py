@@ -20,7 +20,12 @@ from memprune.models.maskgit_vqgan import MaskGITVQGAN, MaskGITVQGANConfig
 from memprune.models.maskgit_vqgan import init_random_ as init_tokenizer_
 from memprune.models.rar import RARModel, load_rar, rar_config_from_state_dict
 from memprune.models.rar_sampling import guidance_scale_at, pick_tokens
-from memprune.models.rar_transformer import RAR_CONFIGS, RARConfig, RARTransformer, init_random_
+from memprune.models.rar_transformer import (
+    RAR_CONFIGS,
+    RARConfig,
+    RARTransformer,
+    init_random_,
+)
 
 FIX = Path(__file__).resolve().parents[1] / "fixtures" / "rar"
 FIXTURE_CONFIG = RARConfig(hidden_size=96, depth=3, num_heads=4, mlp_hidden=384)
