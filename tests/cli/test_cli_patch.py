@@ -76,10 +76,14 @@ def test_verify_failure_exits_1(tmp_path, tiny_var):
     assert res.exit_code == 1 and json.loads(res.stdout)["ok"] is False
 
 
-def test_every_command_has_examples_and_format_json():
-    for name in ("inspect", "patch", "verify", "convert"):
-        res = runner.invoke(app, [name, "--help"])
-        assert res.exit_code == 0 and "Examples" in res.output and "--format" in res.output, name
+def test_every_command_has_examples_format_json_and_quiet():
+    names = [c.name for c in app.registered_commands]
+    assert {"inspect", "score", "merge", "report", "patch", "verify", "audit", "fid", "fid-stats", "push", "convert", "demo"} <= set(names)
+    for name in names:
+        res = runner.invoke(app, [name, "--help"], terminal_width=200)
+        assert res.exit_code == 0, name
+        for needle in ("Examples", "--format", "--quiet", "--verbose"):
+            assert needle in res.output, (name, needle)
 
 
 def test_version():
