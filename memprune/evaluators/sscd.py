@@ -322,6 +322,7 @@ def load_sscd(
     device: str | torch.device | None = None,
     protocol: SSCDProtocol = "square320",
     cache_dir: str | os.PathLike | None = None,
+    threads: int | None = None,
 ) -> SSCDBackend:
     """Load an SSCD backend.
 
@@ -331,6 +332,8 @@ def load_sscd(
         device: Where to run (TorchScript; ONNX uses CUDA only if onnxruntime-gpu is installed).
         protocol: Preprocessing protocol, ``square320`` (default) or ``short288``.
         cache_dir: Cache folder (default :func:`~memprune.evaluators.images.weights_cache_dir`).
+        threads: onnxruntime intra-op threads for the ONNX backend (default: torch's thread count, so both
+            runtimes share the machine the same way instead of oversubscribing it).
 
     Returns:
         A ready :class:`SSCDBackend`.
@@ -340,8 +343,9 @@ def load_sscd(
     """
     spec_str = str(spec)
     cached = cached_torchscript_path(cache_dir)
+    threads = threads or torch.get_num_threads()
     if spec_str == "onnx":
-        return OnnxSSCD(protocol=protocol, device=device)
+        return OnnxSSCD(protocol=protocol, device=device, threads=threads)
     if spec_str == "torchscript":
         if not cached.is_file():
             raise MempruneError(
@@ -357,10 +361,10 @@ def load_sscd(
                 f"no SSCD model found: {cached} does not exist and the package {ONNX_PACKAGE} is not installed; "
                 f"run `{_INSTALL_ONNX}`, or pass --sscd PATH/{SSCD_TORCHSCRIPT_NAME} (download: {SSCD_TORCHSCRIPT_URL})"
             )
-        return OnnxSSCD(protocol=protocol, device=device)
+        return OnnxSSCD(protocol=protocol, device=device, threads=threads)
     path = Path(spec_str).expanduser()
     if path.suffix == ".onnx":
-        return OnnxSSCD(path, protocol=protocol, device=device)
+        return OnnxSSCD(path, protocol=protocol, device=device, threads=threads)
     return TorchScriptSSCD(path, protocol=protocol, device=device)
 
 
