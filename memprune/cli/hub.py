@@ -21,7 +21,7 @@ from memprune.cli._common import (
     print_json,
     setup_logging,
 )
-from memprune.hub import PushResult, push
+from memprune.push import PushResult, push
 
 
 @app.command(

@@ -13,6 +13,7 @@ from huggingface_hub import ModelCard
 from typer.testing import CliRunner
 
 import memprune.hub as hub
+import memprune.push as hub_push
 from memprune.cli import app
 from memprune.errors import MempruneError, VerificationError
 from memprune.io import save_safetensors
@@ -34,7 +35,7 @@ def patched(tmp_path):
 
 def test_push_uploads_weights_manifest_card_and_tokenizer_reference(patched, online):
     base, out = patched
-    result = hub.push(out, REPO, token=TOKEN, base=base)
+    result = hub_push.push(out, REPO, token=TOKEN, base=base)
     files = online.files(REPO)
     assert sha(files["safe.safetensors"]) == sha(out.read_bytes())  # the exact bytes arrived
     assert files["safe.manifest.json"] == out.with_name("safe.manifest.json").read_bytes()
@@ -55,27 +56,27 @@ def test_rerun_after_an_interrupted_push_resumes_without_resending_the_weights(p
     _, out = patched
     online.failures["commit_api"] = 1  # the connection dies after the LFS upload, before the commit
     with pytest.raises(MempruneError, match="HTTP 500.*re-run resumes"):
-        hub.push(out, REPO, token=TOKEN)
+        hub_push.push(out, REPO, token=TOKEN)
     assert online.count("PUT", "/_lfs/") == 1 and "safe.safetensors" not in online.files(REPO)
-    result = hub.push(out, REPO, token=TOKEN)
+    result = hub_push.push(out, REPO, token=TOKEN)
     assert online.count("PUT", "/_lfs/") == 1  # the server already held the object: not uploaded again
     assert sha(online.files(REPO)["safe.safetensors"]) == sha(out.read_bytes()) and result.commit_oid
-    again = hub.push(out, REPO, token=TOKEN)  # everything is already there: no new commit
+    again = hub_push.push(out, REPO, token=TOKEN)  # everything is already there: no new commit
     assert sorted(again.unchanged) == sorted(f.path_in_repo for f in again.plan.files)
     assert online.count("POST", "/commit/") == 2 and again.commit_oid == result.commit_oid
 
 
 def test_create_pr_revision_and_private(patched, online):
     _, out = patched
-    hub.push(out, REPO, token=TOKEN, private=True, commit_message="first")
+    hub_push.push(out, REPO, token=TOKEN, private=True, commit_message="first")
     assert online.created_visibility[REPO] == "private"
     card_before = online.files(REPO)["README.md"]
     out2 = make_patched(out.parent, base=out.parent / "var_tiny.safetensors", name="safe2.safetensors", top="20%")[1]
-    result = hub.push(out2, REPO, token=TOKEN, create_pr=True)
+    result = hub_push.push(out2, REPO, token=TOKEN, create_pr=True)
     assert result.pr_url.endswith(f"/{REPO}/discussions/1")
     assert "safe2.safetensors" in online.files(REPO, "refs/pr/1") and "safe2.safetensors" not in online.files(REPO)
     assert online.files(REPO)["README.md"] == card_before  # main untouched
-    hub.push(out2, REPO, token=TOKEN, revision="experiments")
+    hub_push.push(out2, REPO, token=TOKEN, revision="experiments")
     assert "safe2.safetensors" in online.files(REPO, "experiments") and "safe2.safetensors" not in online.files(REPO)
     repo = online.repos[REPO]
     assert repo.messages[repo.branches["main"]] == "first"
@@ -110,14 +111,14 @@ def test_cli_push_json_and_one_line_errors(patched, online, monkeypatch):
 def test_push_without_a_token_is_refused_by_the_hub(patched, online):
     _, out = patched
     with pytest.raises(MempruneError, match="log in"):
-        hub.push(out, REPO)
+        hub_push.push(out, REPO)
 
 
 def test_refuses_pickles(tmp_path, online):
     pth = tmp_path / "model.pth"
     torch.save(tiny_var_state_dict(), pth)
     with pytest.raises(MempruneError, match="refusing to push pickle"):
-        hub.push(pth, REPO, token=TOKEN, force=True)  # --force does not lift it
+        hub_push.push(pth, REPO, token=TOKEN, force=True)  # --force does not lift it
     assert online.log == []
 
 
@@ -129,14 +130,14 @@ def test_refuses_a_tampered_manifest_or_weights_unless_forced(patched, online):
     manifest["intervention"]["factor"] = 0.25  # claims another factor than the one applied
     sidecar.write_text(json.dumps(manifest))
     with pytest.raises(VerificationError, match="header copy.*--force"):
-        hub.push(out, REPO, token=TOKEN)
+        hub_push.push(out, REPO, token=TOKEN)
     sidecar.write_text(original)
     good = out.read_bytes()
     out.write_bytes(good[:-4] + bytes(4))  # last float of the file zeroed: digest no longer matches
     with pytest.raises(VerificationError, match="output digest"):
-        hub.push(out, REPO, token=TOKEN)
+        hub_push.push(out, REPO, token=TOKEN)
     assert online.log == []
-    result = hub.push(out, REPO, token=TOKEN, force=True)
+    result = hub_push.push(out, REPO, token=TOKEN, force=True)
     assert any("output digest" in w for w in result.plan.warnings)
     assert sha(online.files(REPO)["safe.safetensors"]) == sha(out.read_bytes())
 
@@ -146,7 +147,7 @@ def test_refuses_when_the_base_does_not_match(patched, tmp_path, online):
     other = tmp_path / "other.safetensors"
     save_safetensors(tiny_var_state_dict(seed=5), other)
     with pytest.raises(VerificationError, match="base digest"):
-        hub.push(out, REPO, token=TOKEN, base=other)
+        hub_push.push(out, REPO, token=TOKEN, base=other)
 
 
 def test_edited_tensor_missing_or_non_finite_fails_the_self_check(patched):
@@ -178,10 +179,10 @@ def test_reports_and_tokenizer_file_are_uploaded(patched, tmp_path, online):
     tok_pth = tmp_path / "vae.pth"
     torch.save({"w": torch.ones(2)}, tok_pth)
     with pytest.raises(MempruneError, match="refusing to push tokenizer vae.pth.*memprune convert"):
-        hub.push(out, REPO, token=TOKEN, tokenizer=str(tok_pth), include_tokenizer=True)
+        hub_push.push(out, REPO, token=TOKEN, tokenizer=str(tok_pth), include_tokenizer=True)
     tok = tmp_path / "vae.safetensors"
     save_safetensors({"w": torch.ones(2)}, tok)
-    hub.push(out, REPO, token=TOKEN, tokenizer=str(tok), include_tokenizer=True)
+    hub_push.push(out, REPO, token=TOKEN, tokenizer=str(tok), include_tokenizer=True)
     files = online.files(REPO)
     assert files["vae.safetensors"] == tok.read_bytes()
     assert json.loads(files["memprune_tokenizer.json"])["file"] == "vae.safetensors"
@@ -193,7 +194,7 @@ def test_pushed_checkpoint_loads_back_through_hf_uri_with_provenance(patched, on
     from memprune.verify import verify
 
     base, out = patched
-    result = hub.push(out, REPO, token=TOKEN)
+    result = hub_push.push(out, REPO, token=TOKEN)
     info = hub.resolve_hf_uri_with_info(f"hf://{REPO}/safe.safetensors", token=TOKEN)
     assert info.commit == result.commit_oid and info.local_path.read_bytes() == out.read_bytes()
     assert hub.hub_provenance(info.local_path) == {"repo": REPO, "path": "safe.safetensors", "revision": "main", "commit": result.commit_oid}
