@@ -33,6 +33,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from memprune.errors import MempruneError
+from memprune.models.state_dict import read_state_dict
 
 _GN_GROUPS = 32  # every GroupNorm of the official network has 32 groups (eps 1e-6, affine)
 _GN_EPS = 1e-6
@@ -335,17 +336,6 @@ def maskgit_config_from_state_dict(sd: Mapping[str, torch.Tensor], resolution: i
     )
 
 
-def read_state_dict(source: str | os.PathLike | Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """A state dict from a path (through :mod:`memprune.io`, pickles with ``weights_only=True``) or a mapping."""
-    if isinstance(source, Mapping):
-        return dict(source)
-    from memprune.io import (
-        load_state_dict,  # imported here: the model modules stay importable on their own
-    )
-
-    return load_state_dict(source)
-
-
 def load_into(module: nn.Module, sd: Mapping[str, torch.Tensor], what: str, assign: bool = False) -> None:
     """Strictly load ``sd`` into ``module``; any missing/unexpected key or shape mismatch is a MempruneError.
 
@@ -389,7 +379,7 @@ def load_maskgit_vqgan(
     Raises:
         MempruneError: not a tokenizer checkpoint, or keys/shapes that do not fit.
     """
-    sd = read_state_dict(source)
+    sd = read_state_dict(source, "tokenizer")
     model = MaskGITVQGAN(maskgit_config_from_state_dict(sd, resolution))
     load_into(model, sd, "tokenizer")
     return model.to(device=device, dtype=dtype).eval().requires_grad_(False)

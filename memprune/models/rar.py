@@ -30,11 +30,11 @@ from memprune.models.maskgit_vqgan import (
     MaskGITVQGANConfig,
     load_into,
     load_maskgit_vqgan,
-    read_state_dict,
 )
 from memprune.models.maskgit_vqgan import init_random_ as init_tokenizer_
 from memprune.models.rar_sampling import generate_tokens
 from memprune.models.rar_transformer import RARConfig, RARTransformer, init_random_
+from memprune.models.state_dict import read_state_dict
 
 _BLOCK_KEY = re.compile(r"^blocks\.(\d+)\.norm1\.weight$")
 _REQUIRED = (
@@ -119,7 +119,7 @@ def load_rar_transformer(
 
     ``dtype`` is the parameter dtype of the returned module (``load_rar`` keeps float32 weights and uses autocast).
     """
-    sd = read_state_dict(checkpoint)
+    sd = read_state_dict(checkpoint, "RAR checkpoint")
     cfg = rar_config_from_state_dict(sd, num_heads)
     with torch.device("meta"):  # no throwaway random init of a multi-GB model
         model = RARTransformer(cfg)

@@ -26,7 +26,7 @@ from memprune.models.base import IARModel, PositionGroup
 from memprune.models.var_checkpoint import (
     check_tokenizer_fits,
     load_strict,
-    read_state_dict,
+    read_var_state_dict,
     var_config_from_state_dict,
     vqvae_config_from_state_dict,
 )
@@ -300,16 +300,16 @@ def load_var(
             transformer, or keys/shapes do not match.
     """
     amp_dtype = _check_dtype(dtype)
-    var_sd = read_state_dict(checkpoint, "VAR checkpoint")
-    vae_sd = read_state_dict(tokenizer, "tokenizer")
+    var_sd = read_var_state_dict(checkpoint, "VAR checkpoint")
+    vae_sd = read_var_state_dict(tokenizer, "tokenizer")
     var_cfg = var_config_from_state_dict(var_sd, patch_nums=patch_nums)
     vae_cfg = vqvae_config_from_state_dict(vae_sd)
     check_tokenizer_fits(var_cfg, vae_cfg)
     with torch.device("meta"):  # no memory for weights that are about to be replaced
         model = VARModel(var_cfg, vae_cfg, amp_dtype=amp_dtype)
     # Tensors read from a file belong to us and are used in place; a caller's dict is copied.
-    load_strict(model.var, var_sd, "VAR checkpoint", device, copy=not isinstance(checkpoint, (str, Path)))
-    load_strict(model.vae, vae_sd, "tokenizer", device, copy=not isinstance(tokenizer, (str, Path)))
+    load_strict(model.var, var_sd, "VAR checkpoint", device, copy=isinstance(checkpoint, Mapping))
+    load_strict(model.vae, vae_sd, "tokenizer", device, copy=isinstance(tokenizer, Mapping))
     model.vae.requires_grad_(False)
     return model.eval()
 

@@ -8,15 +8,15 @@ problem raises :class:`~memprune.errors.MempruneError` with one line naming what
 from __future__ import annotations
 
 import math
+import os
 import re
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 
 import torch
 from torch import nn
 
 from memprune.errors import MempruneError
-from memprune.io import load_state_dict
+from memprune.models.state_dict import read_state_dict
 from memprune.models.var_transformer import PATCH_NUMS_256, PATCH_NUMS_512, VARConfig
 from memprune.models.vqvae import VQVAEConfig
 
@@ -29,21 +29,13 @@ _VAE_REQUIRED = ("quantize.embedding.weight", "encoder.conv_in.weight", "quant_c
                  "decoder.conv_out.weight")
 
 
-def read_state_dict(source: str | Path | Mapping[str, torch.Tensor], what: str) -> StateDict:
-    """A state dict from a path or an in-memory mapping (never modified).
+def read_var_state_dict(source: str | os.PathLike | Mapping[str, torch.Tensor], what: str) -> StateDict:
+    """A VAR or tokenizer state dict from a path, ``hf://`` reference or mapping (never modified).
 
     A VAR training checkpoint (``{'trainer': {'var_wo_ddp': ..., 'vae_local': ...}}``) is unwrapped to the
     part named by ``what`` ("VAR checkpoint" or "tokenizer").
     """
-    if isinstance(source, (str, Path)):
-        path = Path(source)
-        if not path.exists():
-            raise MempruneError(f"{what} file {path} does not exist; check the path")
-        sd: Mapping = load_state_dict(path)  # safe: safetensors or weights-only pickles
-    elif isinstance(source, Mapping):
-        sd = source
-    else:
-        raise MempruneError(f"{what} must be a path or a state dict, got {type(source).__name__}")
+    sd: Mapping = read_state_dict(source, what)
     trainer = sd.get("trainer")
     if isinstance(trainer, Mapping):
         sd = trainer.get("vae_local" if what == "tokenizer" else "var_wo_ddp", sd)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 from hub_helpers import COMMIT, fill_cache, make_patched, tiny_var_state_dict
 
 import memprune.hub as hub
@@ -146,3 +147,16 @@ def test_unreachable_hub_with_nothing_cached(hf_env, monkeypatch):
     monkeypatch.setattr(constants, "HUGGINGFACE_CO_URL_TEMPLATE", endpoint + "/{repo_id}/resolve/{revision}/{filename}")
     with pytest.raises(MempruneError, match="could not be reached"):
         resolve_checkpoint_path("hf://me/var-safe/safe.safetensors")
+
+
+def test_model_loaders_read_hf_references_for_checkpoint_and_tokenizer(tmp_path, offline):
+    # load_var / load_rar receive the tokenizer argument as given, so an hf:// string must reach memprune.io
+    from memprune.models.state_dict import read_state_dict
+    from memprune.models.var_checkpoint import read_var_state_dict
+
+    sd = tiny_var_state_dict()
+    save_safetensors(sd, tmp_path / "vae.safetensors")
+    fill_cache(offline, "me/tok", {"vae.safetensors": (tmp_path / "vae.safetensors").read_bytes()}, COMMIT)
+    for loaded in (read_var_state_dict("hf://me/tok/vae.safetensors", "tokenizer"),
+                   read_state_dict("hf://me/tok/vae.safetensors", "tokenizer")):
+        assert list(loaded) == list(sd) and all(torch.equal(loaded[k], sd[k]) for k in sd)
