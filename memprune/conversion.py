@@ -10,9 +10,11 @@ from pathlib import Path
 import torch
 
 from memprune.errors import MempruneError
-from memprune.io import check_output_path, open_checkpoint, save_safetensors
+from memprune.io import check_output, checkpoint_files, open_checkpoint, staged_file, write_safetensors_to
+from memprune.io.writer import read_safetensors_file
+from memprune.io.names import stripped_names
 from memprune.io.pickles import unsafe_load_trusted
-from memprune.io.reader import _strip_prefixes, _unwrap
+from memprune.io.reader import _unwrap
 
 log = logging.getLogger(__name__)
 
@@ -32,13 +34,11 @@ def convert(source: str | os.PathLike, output: str | os.PathLike, *, trust_pickl
     never done implicitly; it is logged.
     """
     src = Path(source)
-    if not str(output).endswith(".safetensors"):
-        raise MempruneError(f"output {output} must end in .safetensors")
-    out = check_output_path(output, src)
+    out = check_output(output, checkpoint_files(source), suffix=".safetensors")
     if trust_pickle:
         log.warning("--trust-pickle: loading %s with weights_only=False (code inside the file can run)", src)
         state, _, _ = _unwrap(unsafe_load_trusted(src), src)
-        tensors = {_strip_prefixes(k): v for k, v in state.items()}
+        tensors = {name: state[key] for name, key in stripped_names(state, src).items()}
         fmt, meta = "pickle", {}
     else:
         with open_checkpoint(src) as ckpt:
@@ -48,11 +48,19 @@ def convert(source: str | os.PathLike, output: str | os.PathLike, *, trust_pickl
     if trust_pickle:
         meta["memprune.trusted_pickle"] = "true"
     # Shared storage (tied weights) must be materialised: safetensors stores each tensor on its own.
-    save_safetensors({k: v.detach().clone().contiguous() for k, v in tensors.items()}, out, meta)
-    with open_checkpoint(out) as back:
-        bad = [k for k in tensors if k not in back or not torch.equal(back.get(k), tensors[k].cpu())
-               and not (tensors[k].is_floating_point() and torch.equal(back.get(k).isnan(), tensors[k].isnan()))]
-    if bad:
-        out.unlink(missing_ok=True)
-        raise MempruneError(f"round trip changed {bad[0]}: conversion aborted and the output removed")
+    tensors = {k: v.detach().clone().contiguous() for k, v in tensors.items()}
+    # The round trip is checked on the temporary, so a failed conversion never replaces an existing output.
+    with staged_file(out) as staged:
+        write_safetensors_to(staged.tmp, [(k, v.dtype, tuple(v.shape)) for k, v in tensors.items()], tensors.items(), meta)
+        back = read_safetensors_file(staged.tmp)
+        bad = [k for k in tensors if k not in back or not _same(back[k], tensors[k])]
+        if bad:
+            raise MempruneError(f"round trip changed {bad[0]}: conversion aborted, nothing was written")
+        staged.commit()
     return ConvertResult(out, len(tensors), fmt, trust_pickle)
+
+
+def _same(a: torch.Tensor, b: torch.Tensor) -> bool:
+    if a.dtype != b.dtype or a.shape != b.shape:
+        return False
+    return torch.equal(a.reshape(-1).view(torch.uint8), b.cpu().contiguous().reshape(-1).view(torch.uint8)) if a.numel() else True

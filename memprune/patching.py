@@ -11,10 +11,12 @@ the largest tensor whatever the checkpoint size.
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import shlex
 import sys
+import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -26,20 +28,23 @@ from memprune import __version__
 from memprune.adapters import UNIT_KINDS, Adapter, UnitLayer, detect_adapter
 from memprune.errors import MempruneError
 from memprune.io import (
-    check_output_path,
+    check_output,
+    checkpoint_files,
     checkpoint_sha256,
     open_checkpoint,
     sha256_file,
-    write_json_atomic,
-    write_safetensors_stream,
+    staged_file,
+    write_safetensors_to,
 )
 from memprune.manifest import (
     META_KEY,
     SCHEMA,
+    authoritative_manifest,
     embeddable,
     history_from,
     manifest_path_for,
-    read_manifest,
+    public_command,
+    public_name,
 )
 from memprune.scores import ScoreSet, load_scores, validate_scores
 from memprune.selection import Selection, aggregate_groups, parse_top, select_units
@@ -180,7 +185,7 @@ def patch(
     if target == "fc2" and bias:
         raise MempruneError("--bias applies to the fc1 target only: the fc2 bias is shared by all units")
     ckpt_path = Path(checkpoint)
-    out_path = None if dry_run else check_output_path(_require(output), checkpoint)
+    out_path = None if dry_run else _check_outputs(_require(output), checkpoint, scores)
     score_set = scores if isinstance(scores, ScoreSet) else load_scores(scores)
     with open_checkpoint(checkpoint) as ckpt:
         adapter = detect_adapter(ckpt, arch, layers_regex)
@@ -205,27 +210,72 @@ def patch(
         result = PatchResult(out_path, None, manifest, selection, edits, per_layer, widths, dry_run=dry_run)
         if dry_run:
             return result
-        out_digest = _write(ckpt, out_path, edits, manifest)
-    manifest["output"] = {"path": out_path.name, "sha256": out_digest}
-    result.manifest_path = manifest_path_for(out_path)
-    write_json_atomic(result.manifest_path, manifest)
+        result.manifest_path = _write_pair(ckpt, out_path, edits, manifest)
     if verify:
         from memprune.verify import verify as verify_patch
 
-        verify_patch(out_path, base=checkpoint)
+        try:
+            verify_patch(out_path, base=checkpoint)
+        except KeyboardInterrupt:
+            raise InterruptedAfterWrite(
+                f"interrupted during verification: {out_path} and {result.manifest_path.name} were written but not "
+                f"verified; run `memprune verify {out_path} --base {checkpoint}` or delete them"
+            ) from None
         result.verified = True
     return result
+
+
+class InterruptedAfterWrite(KeyboardInterrupt):
+    """Ctrl-C after the output was committed: the message says what exists and what to do with it."""
+
+
+def _check_outputs(output: str | os.PathLike, checkpoint: str | os.PathLike, scores: Any) -> Path:
+    """The weights path and its manifest path are both outputs; neither may be any input (by inode)."""
+    inputs: list[Any] = list(checkpoint_files(checkpoint))
+    for f in list(inputs):
+        inputs.append(manifest_path_for(f))  # the input's own manifest is read: never replace it
+    if not isinstance(scores, ScoreSet):
+        inputs.append(scores)
+    out = check_output(output, inputs, suffix=".safetensors")
+    check_output(manifest_path_for(out), inputs, suffix=".manifest.json", what="manifest")
+    return out
 
 
 def _require(output: str | os.PathLike | None) -> str | os.PathLike:
     if output is None:
         raise MempruneError("no output path: pass -o OUT.safetensors (or --dry-run to only plan)")
-    if not str(output).endswith(".safetensors"):
-        raise MempruneError(f"output {output} must end in .safetensors: memprune writes safetensors only")
     return output
 
 
-def _write(ckpt, out_path: Path, edits: list[TensorEdit], manifest: dict[str, Any]) -> str:
+def _write_pair(ckpt, out_path: Path, edits: list[TensorEdit], manifest: dict[str, Any]) -> Path:
+    """Write the weights and the manifest as one commit that a reader can always judge.
+
+    Both are written under temporary names first; then the weights are renamed into place, then the manifest.
+    A crash before the first rename leaves the old pair; after it, the new weights carry their manifest in the
+    header (authoritative), and an old sidecar left beside them fails ``verify``'s header-copy check.
+    """
+    sidecar = manifest_path_for(out_path)
+    with staged_file(out_path) as weights, staged_file(sidecar) as side:
+        out_digest = _write(ckpt, weights.tmp, edits, manifest)
+        manifest["output"] = {"path": out_path.name, "sha256": out_digest}
+        side.tmp.write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
+        _test_hook("before-commit")
+        weights.commit()
+        _test_hook("between-renames")
+        side.commit()
+    return sidecar
+
+
+def _test_hook(point: str) -> None:
+    """Tests place a kill at a named point of the commit (MEMPRUNE_TEST_PAUSE=point:seconds)."""
+    spec = os.environ.get("MEMPRUNE_TEST_PAUSE", "")
+    name, _, seconds = spec.partition(":")
+    if name == point:
+        print(f"memprune-test-pause {point}", file=sys.stderr, flush=True)
+        time.sleep(float(seconds or 30))
+
+
+def _write(ckpt, file: Path, edits: list[TensorEdit], manifest: dict[str, Any]) -> str:
     by_tensor = {e.tensor: e for e in edits}
     metadata = {k: v for k, v in ckpt.metadata.items() if k != META_KEY}
     metadata.update({
@@ -239,9 +289,27 @@ def _write(ckpt, out_path: Path, edits: list[TensorEdit], manifest: dict[str, An
         for key in ckpt.keys():
             tensor = ckpt.get(key)
             edit = by_tensor.get(key)
-            yield key, (scale_slices(tensor, edit) if edit else tensor)
+            yield key, (scaled_checked(tensor, edit) if edit else tensor)
+            _test_hook(f"after-tensor:{key}")
 
-    return write_safetensors_stream(out_path, specs, produce(), metadata)
+    return write_safetensors_to(file, specs, produce(), metadata)
+
+
+def scaled_checked(t: torch.Tensor, edit: TensorEdit) -> torch.Tensor:
+    """:func:`scale_slices`, refusing a result that overflows the tensor's dtype (finite values becoming inf)."""
+    out = scale_slices(t, edit)
+    if out.is_floating_point() and edit.units:
+        index = torch.tensor(edit.units, dtype=torch.long)
+        before, after = t.index_select(edit.axis, index), out.index_select(edit.axis, index)
+        overflow = torch.isfinite(before) & ~torch.isfinite(after)
+        if overflow.any():
+            big = before[torch.isfinite(before)].abs().max().item()
+            limit = torch.finfo(t.dtype).max
+            raise MempruneError(
+                f"--factor {edit.factor:g} overflows {t.dtype} in {edit.tensor} ({int(overflow.sum())} values become inf: "
+                f"max |w| {big:.4g} x {edit.factor:g} > {limit:.4g}): choose a factor below {limit / big:.4g}; nothing was written"
+            )
+    return out
 
 
 def _hub_provenance(path: Path) -> dict[str, Any] | None:
@@ -254,7 +322,7 @@ def _hub_provenance(path: Path) -> dict[str, Any] | None:
 
 
 def _manifest(ckpt, adapter, kind, digest, score_set, scores_arg, selection, edits, groups, options, command) -> dict[str, Any]:
-    previous = read_manifest(ckpt.path, ckpt.metadata)
+    previous = authoritative_manifest(ckpt.path, ckpt.metadata)
     score_path = None if isinstance(scores_arg, ScoreSet) else Path(scores_arg)
     layers: dict[str, Any] = {}
     for name, units in selection.units.items():
@@ -264,9 +332,10 @@ def _manifest(ckpt, adapter, kind, digest, score_set, scores_arg, selection, edi
         "schema": SCHEMA,
         "memprune_version": __version__,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "command": command or shlex.join(["memprune", *sys.argv[1:]]),
+        # File names only, never folders: the manifest is embedded in weights that get published.
+        "command": public_command(command or shlex.join(["memprune", *sys.argv[1:]])),
         "input": {
-            "path": str(ckpt.path),
+            "path": public_name(str(ckpt.path)),
             "sha256": digest,
             "format": ckpt.format,
             "container": ckpt.container,
@@ -274,7 +343,7 @@ def _manifest(ckpt, adapter, kind, digest, score_set, scores_arg, selection, edi
             "hub": _hub_provenance(ckpt.path),
         },
         "scores": {
-            "path": str(score_path) if score_path else None,
+            "path": score_path.name if score_path else None,
             "sha256": sha256_file(score_path) if score_path else None,
             "checkpoint_sha256": score_set.checkpoint_sha256,
             "groups": score_set.groups,

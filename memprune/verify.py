@@ -18,7 +18,7 @@ import torch
 
 from memprune.errors import MempruneError, VerificationError
 from memprune.io import Checkpoint, checkpoint_sha256, open_checkpoint, sha256_file
-from memprune.manifest import META_KEY, embeddable, read_manifest
+from memprune.manifest import META_KEY, embeddable, manifest_path_for, read_manifest
 from memprune.patching import TensorEdit, scale_slices
 
 
@@ -102,12 +102,16 @@ def _compare_with_base(report: VerifyReport, manifest: dict, edits: dict[str, Te
     have_in = checkpoint_sha256(ref.path)
     report.checks.append(Check("base digest", want_in == have_in, f"manifest {str(want_in)[:12]}, base {have_in[:12]}"))
     _check_keys(report, out, ref)
+    _check_metadata(report, manifest, out, ref)
     bad: list[str] = []
     for key in ref.keys():
         if key not in out:
             continue
-        before, after = ref.get(key), out.get(key)
         edit = edits.get(key)
+        if edit and not _in_range(edit, ref.shape(key)):
+            bad.append(f"{key}: the manifest's units are out of range for shape {list(ref.shape(key))}")
+            continue
+        before, after = ref.get(key), out.get(key)
         expected = scale_slices(before, edit) if edit else before
         report.tensors_checked += 1
         if not _same_bits(expected, after):
@@ -115,6 +119,30 @@ def _compare_with_base(report: VerifyReport, manifest: dict, edits: dict[str, Te
         elif edit and after.is_floating_point() and (torch.isfinite(before) & ~torch.isfinite(after)).any():
             bad.append(f"{key}: non-finite values appeared")
     report.checks.append(Check("tensor contents", not bad, "; ".join(bad[:5]) if bad else f"{report.tensors_checked} tensors match"))
+
+
+# Header keys patch sets on every output; every other key must be carried over from the base unchanged.
+_PATCH_META = ("format", "memprune.version", "memprune.source_sha256", META_KEY)
+
+
+def _check_metadata(report: VerifyReport, manifest: dict, out: Checkpoint, ref: Checkpoint) -> None:
+    """The header metadata equals the base's, except the keys patch writes (which must hold what it writes)."""
+    want = {k: v for k, v in ref.metadata.items() if k not in _PATCH_META}
+    have = {k: v for k, v in out.metadata.items() if k not in _PATCH_META}
+    problems = [f"added {k!r}" for k in sorted(have.keys() - want.keys())]
+    problems += [f"dropped {k!r}" for k in sorted(want.keys() - have.keys())]
+    problems += [f"changed {k!r}" for k in sorted(want.keys() & have.keys()) if want[k] != have[k]]
+    source = out.metadata.get("memprune.source_sha256")
+    if source != (manifest.get("input") or {}).get("sha256"):
+        problems.append("memprune.source_sha256 is not the manifest's input digest")
+    if out.metadata.get("format") != "pt":
+        problems.append(f"format is {out.metadata.get('format')!r}, not 'pt'")
+    detail = "; ".join(problems[:4]) if problems else f"{len(want)} base keys carried over, {len(_PATCH_META)} memprune keys"
+    report.checks.append(Check("header metadata", not problems, detail))
+
+
+def _in_range(edit: TensorEdit, shape: tuple[int, ...]) -> bool:
+    return edit.axis < len(shape) and (not edit.units or (max(edit.units) < shape[edit.axis] and min(edit.units) >= 0))
 
 
 def self_checks(ckpt: Checkpoint, manifest: dict[str, Any]) -> list[Check]:
@@ -125,7 +153,9 @@ def self_checks(ckpt: Checkpoint, manifest: dict[str, Any]) -> list[Check]:
     have = sha256_file(ckpt.path)
     checks.append(Check("output digest", want == have, f"manifest {str(want)[:12]}, file {have[:12]}" if want else "the manifest records no output digest (its .manifest.json is missing)"))
     header = ckpt.metadata.get(META_KEY)
-    checks.append(Check("header copy", header == embeddable(manifest), "the manifest equals the copy in the header" if header == embeddable(manifest) else "the manifest differs from the copy in the safetensors header" if header else "the header holds no memprune.manifest"))
+    checks.append(Check("header copy", header == embeddable(manifest), "the manifest equals the copy in the header" if header == embeddable(manifest) else (
+        f"{manifest_path_for(ckpt.path).name} differs from the manifest in the safetensors header (left by an interrupted patch, "
+        "or edited): the header copy is authoritative; re-run `memprune patch`") if header else "the header holds no memprune.manifest"))
     try:
         edits = edits_from_manifest(manifest)
     except (KeyError, TypeError, ValueError) as exc:
@@ -136,7 +166,7 @@ def self_checks(ckpt: Checkpoint, manifest: dict[str, Any]) -> list[Check]:
             problems.append(f"{name} missing")
             continue
         shape = ckpt.shape(name)
-        if edit.axis >= len(shape) or (edit.units and (max(edit.units) >= shape[edit.axis] or min(edit.units) < 0)):
+        if not _in_range(edit, shape):
             problems.append(f"{name} units out of range for shape {list(shape)}")
             continue
         part = ckpt.get(name).index_select(edit.axis, torch.tensor(edit.units, dtype=torch.long))

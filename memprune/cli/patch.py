@@ -16,11 +16,12 @@ from memprune.cli._common import (
     VerboseOpt,
     console,
     epilog,
+    err_console,
     handle_errors,
     print_json,
     setup_logging,
 )
-from memprune.patching import PatchResult, patch
+from memprune.patching import InterruptedAfterWrite, PatchResult, patch
 from memprune.verify import VerifyReport, verify
 
 
@@ -54,10 +55,14 @@ def patch_cmd(
 ) -> None:
     """Scale the weights of the top-scoring units and write a verified safetensors file plus a JSON manifest."""
     setup_logging(quiet, verbose)
-    result = patch(
-        checkpoint, scores, output=output, top=top, factor=factor, scope=scope, aggregate=aggregate,
-        target=target, bias=bias, arch=arch, layers_regex=layers, force=force, dry_run=dry_run, verify=not no_verify,
-    )
+    try:
+        result = patch(
+            checkpoint, scores, output=output, top=top, factor=factor, scope=scope, aggregate=aggregate,
+            target=target, bias=bias, arch=arch, layers_regex=layers, force=force, dry_run=dry_run, verify=not no_verify,
+        )
+    except InterruptedAfterWrite as exc:  # the output exists: say so instead of "nothing was left behind"
+        err_console.print(f"[bold red]interrupted[/]: {exc}", highlight=False, soft_wrap=True)
+        raise typer.Exit(130) from None
     if fmt is OutputFormat.json:
         print_json(_patch_json(result))
         return

@@ -6,6 +6,7 @@ safetensors only, through a temporary file in the target folder that is fsynced 
 so a crash never leaves a partial output.
 """
 
+from memprune.io.guard import check_output, checkpoint_files
 from memprune.io.pickles import list_pickle_globals, load_pickle
 from memprune.io.reader import Checkpoint, open_checkpoint, resolve_checkpoint_path
 from memprune.io.writer import (
@@ -13,16 +14,26 @@ from memprune.io.writer import (
     check_output_path,
     checkpoint_sha256,
     load_state_dict,
+    StagedFile,
+    remove_stale_temps,
     save_safetensors,
     sha256_file,
+    staged_file,
     write_json_atomic,
     write_safetensors_stream,
+    write_safetensors_to,
 )
 
 __all__ = [
     "Checkpoint",
     "atomic_write",
+    "StagedFile",
+    "check_output",
     "check_output_path",
+    "checkpoint_files",
+    "remove_stale_temps",
+    "staged_file",
+    "write_safetensors_to",
     "checkpoint_sha256",
     "list_pickle_globals",
     "load_pickle",

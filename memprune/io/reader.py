@@ -17,6 +17,7 @@ import torch
 from safetensors import safe_open
 
 from memprune.errors import MempruneError
+from memprune.io.names import stripped_names
 from memprune.io.pickles import load_pickle
 
 PICKLE_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt", ".pkl")
@@ -117,8 +118,8 @@ class Checkpoint:
         data_start, header = _read_header(file)
         self._layout[file] = (data_start, header)
         ordered = sorted(handle.keys(), key=lambda k: header[k]["data_offsets"][0])
-        for key in ordered:
-            self._where[_strip_prefixes(key)] = (file, key)
+        for name, key in stripped_names(ordered, file, self._where).items():
+            self._where[name] = (file, key)
         return handle
 
     def _open_sharded(self) -> None:
@@ -142,7 +143,7 @@ class Checkpoint:
     def _open_pickle(self) -> None:
         obj = load_pickle(self.path)
         state, self.container, self.dropped = _unwrap(obj, self.path)
-        self._tensors = {_strip_prefixes(k): v for k, v in state.items()}
+        self._tensors = {name: state[key] for name, key in stripped_names(state, self.path).items()}
 
     # -- access ----------------------------------------------------------------------------------------------
     def keys(self) -> list[str]:

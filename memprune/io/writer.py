@@ -9,17 +9,24 @@ so a crash never leaves a partial output.
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
+import re
+import secrets
+import signal
 import struct
-import tempfile
+import threading
 from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from memprune.errors import MempruneError
+from memprune.io.guard import check_output, checkpoint_files
 from memprune.io.reader import open_checkpoint
 
 __all__ = [
@@ -27,10 +34,15 @@ __all__ = [
     "atomic_write",
     "save_safetensors",
     "write_safetensors_stream",
+    "write_safetensors_to",
+    "safetensors_header",
     "write_json_atomic",
     "sha256_file",
     "checkpoint_sha256",
     "check_output_path",
+    "staged_file",
+    "StagedFile",
+    "remove_stale_temps",
 ]
 
 # safetensors dtype codes (the format's own names).
@@ -94,57 +106,166 @@ def checkpoint_sha256(path: str | os.PathLike) -> str:
     return hashlib.sha256(lines.encode("utf-8")).hexdigest()
 
 
-def check_output_path(output: str | os.PathLike, *inputs: str | os.PathLike | None) -> Path:
-    """Validate an output path before any work starts: its folder exists and it is none of the inputs."""
-    out = Path(output)
-    if not out.parent.exists():
-        raise MempruneError(f"output folder {out.parent} does not exist: create it first or choose another -o path")
-    if out.is_dir():
-        raise MempruneError(f"output {out} is a folder: give a file path such as {out / 'model.safetensors'}")
-    for inp in inputs:
-        if inp is None:
-            continue
-        inp_path = Path(inp)
-        same = out.resolve() == inp_path.resolve() or (
-            out.exists() and inp_path.exists() and os.path.samefile(out, inp_path)
-        )
-        if same:
-            raise MempruneError(f"output {out} is the input file: memprune never writes over its input; choose another -o path")
-    return out
+def check_output_path(output: str | os.PathLike, *inputs: str | os.PathLike | None, suffix: str | None = None) -> Path:
+    """Validate an output path before any work starts (kept for existing callers; see :func:`check_output`).
+
+    Each input may be a checkpoint argument: a folder or a sharded index is expanded into all of its files.
+    """
+    return check_output(output, [f for inp in inputs for f in checkpoint_files(inp)], suffix=suffix)
+
+
+# ------------------------------------------------------------------------------------------- atomic files
+# Temporary names carry a marker and the writer's pid, so a later run can tell its own leftovers from another
+# program's files and remove those of processes that no longer exist (a kill -9 runs no cleanup).
+_TMP_MARK = "memprune"
+_TMP_RE = re.compile(rf"^\..+\.{_TMP_MARK}-(\d+)-[0-9a-f]+\.tmp$")
+_LIVE: set[Path] = set()  # temporaries of this process, removed by the signal handler
+_HANDLED: dict[int, Any] = {}
+_FULL = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
+
+
+@dataclass
+class StagedFile:
+    """A temporary file beside ``target`` that becomes ``target`` only on :meth:`commit`."""
+
+    target: Path
+    tmp: Path
+    committed: bool = False
+
+    def commit(self) -> None:
+        """fsync the temporary, rename it onto the target (atomic on POSIX) and flush the folder entry."""
+        with _write_errors(self.target):
+            with open(self.tmp, "rb+") as f:
+                os.fsync(f.fileno())
+            os.replace(self.tmp, self.target)
+        self.committed = True
+        _LIVE.discard(self.tmp)
+        _fsync_dir(self.target.parent)
+
+    def discard(self) -> None:
+        if not self.committed:
+            with contextlib.suppress(OSError):
+                self.tmp.unlink()
+        _LIVE.discard(self.tmp)
+
+
+@contextlib.contextmanager
+def staged_file(path: str | os.PathLike) -> Iterator[StagedFile]:
+    """Create a temporary next to ``path``; the caller writes it and calls ``commit()`` when it is complete.
+
+    Used when several files must be committed in a chosen order (``patch`` renames the weights, then the
+    manifest). Leaving the block without ``commit()``, by an exception, Ctrl-C, SIGTERM or SIGHUP, removes the
+    temporary; a full disk (ENOSPC, EDQUOT, EFBIG) becomes one :class:`MempruneError`. The file is created with
+    mode ``0o666`` minus the umask, as ``open()`` would create it.
+    """
+    target = Path(path)
+    remove_stale_temps(target.parent)
+    _install_signal_handlers()
+    staged = StagedFile(target, _create_temp(target))
+    try:
+        with _write_errors(target):
+            yield staged
+    finally:
+        staged.discard()
 
 
 @contextlib.contextmanager
 def atomic_write(path: str | os.PathLike, mode: str = "wb") -> Iterator[Path]:
     """Yield a temporary path next to ``path``; on success fsync it and rename it onto ``path``.
 
-    On any exception (or KeyboardInterrupt) the temporary file is removed and ``path`` is untouched.
-    The caller writes to the yielded path itself (open it, or hand it to a library).
+    On any exception (or KeyboardInterrupt, SIGTERM, SIGHUP) the temporary file is removed and ``path`` is
+    untouched; a full disk is reported as one :class:`MempruneError`. The caller writes to the yielded path
+    itself (open it, or hand it to a library).
     """
-    target = Path(path)
-    _remove_stale_temps(target)
-    # The pid in the name lets a later run recognise (and remove) the leftovers of a process that was killed.
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.{os.getpid()}.", suffix=".tmp", dir=target.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
+    with staged_file(path) as staged:
+        yield staged.tmp
+        staged.commit()
+
+
+def _create_temp(target: Path) -> Path:
+    # O_EXCL with mode 0o666: the kernel applies the umask (mkstemp would force 0600 on every output).
+    for _ in range(100):
+        tmp = target.with_name(f".{target.name}.{_TMP_MARK}-{os.getpid()}-{secrets.token_hex(4)}.tmp")
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o666)
+        except FileExistsError:
+            continue
+        except OSError as exc:
+            raise _as_error(exc, target) from None
+        os.close(fd)
+        _LIVE.add(tmp)
+        return tmp
+    raise MempruneError(f"could not create a temporary file in {target.parent}: remove stray .*.tmp files there")
+
+
+@contextlib.contextmanager
+def _write_errors(target: Path) -> Iterator[None]:
     try:
-        yield tmp
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, target)
-        _fsync_dir(target.parent)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
+        yield
+    except OSError as exc:
+        if exc.errno in _FULL:
+            raise _as_error(exc, target) from None
         raise
 
 
-def _remove_stale_temps(target: Path) -> None:
-    """Delete temp files of earlier writes to ``target`` whose writing process no longer exists (kill -9)."""
-    for stale in target.parent.glob(f".{target.name}.*.tmp"):
-        parts = stale.name[len(target.name) + 2 :].split(".")
-        if parts and parts[0].isdigit() and not _pid_alive(int(parts[0])):
-            with contextlib.suppress(OSError):
-                stale.unlink()
+def _as_error(exc: OSError, target: Path) -> MempruneError:
+    reason = exc.strerror or type(exc).__name__
+    if exc.errno in _FULL:
+        return MempruneError(
+            f"cannot write {target.name}: {reason} in {target.parent}; nothing was written: free space (or raise the "
+            "quota/file-size limit) or choose another output folder"
+        )
+    if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return MempruneError(f"cannot write {target.name} into {target.parent} ({reason}): choose a writable output folder")
+    return MempruneError(f"cannot write {target.name} into {target.parent} ({reason}): check the output folder")
+
+
+def remove_stale_temps(folder: str | os.PathLike) -> list[Path]:
+    """Delete memprune temporaries in ``folder`` whose writing process no longer exists (it was killed).
+
+    Returns the removed paths. Temporaries of live processes (a parallel run) are left alone.
+    """
+    removed = []
+    with contextlib.suppress(OSError):
+        for entry in os.scandir(folder):
+            m = _TMP_RE.match(entry.name)
+            if m and not _pid_alive(int(m.group(1))):
+                with contextlib.suppress(OSError):
+                    os.unlink(entry.path)
+                    removed.append(Path(entry.path))
+    return removed
+
+
+def _install_signal_handlers() -> None:
+    """On SIGTERM/SIGHUP remove this process's temporaries, then die of the signal as before.
+
+    Installed once, from the main thread only (Python delivers signals there); an ignored signal stays ignored
+    and an earlier Python handler is called after the cleanup.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        return
+    for name in ("SIGTERM", "SIGHUP"):
+        signum = getattr(signal, name, None)
+        if signum is None or signum in _HANDLED:
+            continue
+        previous = signal.getsignal(signum)
+        if previous is signal.SIG_IGN or previous is _on_signal:
+            continue
+        _HANDLED[signum] = previous
+        signal.signal(signum, _on_signal)
+
+
+def _on_signal(signum: int, frame: Any) -> None:
+    for tmp in list(_LIVE):
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        _LIVE.discard(tmp)
+    previous = _HANDLED.get(signum)
+    if callable(previous):
+        previous(signum, frame)
+        return
+    signal.signal(signum, signal.SIG_DFL)
+    os.kill(os.getpid(), signum)
 
 
 def _pid_alive(pid: int) -> bool:
@@ -154,6 +275,8 @@ def _pid_alive(pid: int) -> bool:
         return False
     except PermissionError:  # exists, owned by someone else
         return True
+    except OverflowError:
+        return False
     return True
 
 
@@ -201,7 +324,14 @@ def write_safetensors_stream(
     Returns:
         The sha256 of the written file, computed from the bytes as they were written (no re-read).
     """
-    specs = list(specs)
+    with staged_file(path) as staged:
+        digest = write_safetensors_to(staged.tmp, specs, produce, metadata)
+        staged.commit()
+    return digest
+
+
+def safetensors_header(specs: Iterable[tuple[str, torch.dtype, tuple[int, ...]]], metadata: Mapping[str, str] | None) -> bytes:
+    """The 8-byte length plus the padded JSON header for tensors laid out contiguously in ``specs`` order."""
     meta = dict(metadata or {})
     meta["format"] = "pt"
     for k, v in meta.items():
@@ -215,11 +345,25 @@ def write_safetensors_stream(
         offset += nbytes
     raw = json.dumps(header, separators=(",", ":")).encode("utf-8")
     raw += b" " * (-len(raw) % 8)  # the format pads the header with spaces to an 8-byte boundary
+    return struct.pack("<Q", len(raw)) + raw
+
+
+def write_safetensors_to(
+    file: str | os.PathLike,
+    specs: Iterable[tuple[str, torch.dtype, tuple[int, ...]]],
+    produce: Iterable[tuple[str, torch.Tensor]],
+    metadata: Mapping[str, str] | None = None,
+) -> str:
+    """Write a safetensors file at ``file`` directly (no rename: for a :func:`staged_file` temporary).
+
+    Returns the sha256 of the bytes written.
+    """
+    specs = list(specs)
+    head = safetensors_header(specs, metadata)
     digest = hashlib.sha256()
-    with atomic_write(path) as tmp, open(tmp, "wb") as f:
-        for chunk in (struct.pack("<Q", len(raw)), raw):
-            f.write(chunk)
-            digest.update(chunk)
+    with open(file, "wb") as f:
+        f.write(head)
+        digest.update(head)
         expected = iter(specs)
         for name, tensor in produce:
             want = next(expected, None)
@@ -230,6 +374,17 @@ def write_safetensors_stream(
             raise RuntimeError("tensor stream ended before every declared tensor was written")
         f.flush()
     return digest.hexdigest()
+
+
+def read_safetensors_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """Every tensor of one safetensors file whatever its name (a temporary being checked before commit)."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as f:
+            return {k: f.get_tensor(k) for k in f.keys()}
+    except Exception as exc:  # safetensors raises its own error type for a malformed file
+        raise MempruneError(f"{path} could not be read back ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})") from None
 
 
 def _numel(shape: Iterable[int]) -> int:
