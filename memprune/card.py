@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from importlib import resources
@@ -23,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from memprune.errors import MempruneError
+from memprune.public import public_command
 
 REPORT_FILES = {"audit_summary.json": "audit", "fid.json": "fid"}
 PAPER_URL = "https://arxiv.org/abs/2509.00488"
@@ -186,19 +188,32 @@ def hub_source(manifest: dict[str, Any]) -> dict[str, str] | None:
     return None
 
 
-def card_data(manifest: dict[str, Any], *, repo_id: str, reports: Sequence[EvalReport] = (), license: str | None = None):
-    """The YAML front matter as a ``huggingface_hub.ModelCardData``."""
+def card_dataset(manifest: dict[str, Any], dataset: str | None = None) -> str | None:
+    """The training set to name: what the user says, else what the manifest records, else nothing (never guessed)."""
+    recorded = manifest.get("dataset") or ((manifest.get("scores") or {}).get("info") or {}).get("dataset")
+    value = dataset or recorded
+    return str(value) if value else None
+
+
+def card_data(manifest: dict[str, Any], *, repo_id: str, reports: Sequence[EvalReport] = (), license: str | None = None,
+              dataset: str | None = None):
+    """The YAML front matter as a ``huggingface_hub.ModelCardData``.
+
+    ``model-index`` results need a dataset; without one (no ``dataset`` given or recorded) the numbers appear in
+    the card's body only.
+    """
     from huggingface_hub import EvalResult, ModelCardData
 
     source = hub_source(manifest)
     arch = str(manifest.get("architecture") or "unknown")
+    name = card_dataset(manifest, dataset)
     results = []
-    for report in reports:
+    for report in reports if name else ():
         headline = [m for m in _HEADLINE.get(report.kind, ()) if m in report.after] or list(report.after)
         for metric in headline:
             results.append(EvalResult(
-                task_type="image-generation", task_name="Class-conditional image generation", dataset_type="imagenet-1k",
-                dataset_name="ImageNet-1k", metric_type=metric if report.kind == "fid" else f"memorization/{metric}",
+                task_type="image-generation", task_name="Class-conditional image generation",
+                dataset_type=re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-") or "dataset", dataset_name=name, metric_type=metric if report.kind == "fid" else f"memorization/{metric}",
                 metric_name=_metric_label(report.kind, metric), metric_value=report.after[metric],
                 source_name="memprune", source_url=f"https://huggingface.co/{repo_id}/blob/main/{report.files[0]}",
             ))
@@ -220,6 +235,7 @@ def render_card(
     reports: Sequence[EvalReport] = (),
     license: str | None = None,
     tokenizer: dict[str, Any] | None = None,
+    dataset: str | None = None,
 ) -> str:
     """The full README.md (YAML front matter and body) for a pushed checkpoint.
 
@@ -230,14 +246,16 @@ def render_card(
         reports: audit/FID reports to show (see :func:`find_reports`).
         license: overrides the license carried over from the source.
         tokenizer: the tokenizer record (``reference``, ``origin``, optional ``file``).
+        dataset: the training set to name (default: the manifest's, else none).
     """
     import jinja2
     from huggingface_hub import ModelCard
 
-    data = card_data(manifest, repo_id=repo_id, reports=reports, license=license)
+    data = card_data(manifest, repo_id=repo_id, reports=reports, license=license, dataset=dataset)
     template = resources.files("memprune").joinpath("templates/model_card.md").read_text(encoding="utf-8")
     env = jinja2.Environment(undefined=jinja2.StrictUndefined, keep_trailing_newline=True, trim_blocks=True, lstrip_blocks=True)
-    body = env.from_string(template).render(card_data=data.to_yaml(), **_context(manifest, repo_id, weights_name, reports, data, tokenizer))
+    body = env.from_string(template).render(card_data=data.to_yaml(), **_context(manifest, repo_id, weights_name, reports, data, tokenizer),
+                                          dataset=card_dataset(manifest, dataset))
     ModelCard(body, ignore_metadata_errors=False)  # parse it back: the front matter must be valid YAML metadata
     return body
 
@@ -269,7 +287,7 @@ def _context(manifest, repo_id, weights_name, reports, data, tokenizer) -> dict[
         "license": data.license,
         "input": manifest.get("input", {}),
         "output": manifest.get("output") or {},
-        "command": manifest.get("command"),
+        "command": public_command(str(manifest.get("command") or "")),
         "version": manifest.get("memprune_version"),
         "history": manifest.get("history", []),
         "reports": [_report_rows(r) for r in reports],
@@ -302,8 +320,28 @@ def _fmt(value: float | None) -> str:
     return f"{value:,}" if isinstance(value, int) else f"{value:.4g}"
 
 
+# Below these sizes a figure is a smoke test, not a measurement comparable with published ones.
+FID_STANDARD_IMAGES = 50_000
+AUDIT_STANDARD_CANDIDATES = 5_000
+
+
+def sample_caveat(report: EvalReport) -> str | None:
+    """A sentence on the sample size of a small-sample figure (None when the sample is the standard size)."""
+    if report.kind == "fid":
+        n = report.settings.get("num_images")
+        if isinstance(n, int) and n < FID_STANDARD_IMAGES:
+            return (f"FID from {n:,} images: FID is biased upward on small samples, so compare it only with FIDs of the "
+                    f"same size and settings, not with published FID-{FID_STANDARD_IMAGES // 1000}k figures.")
+    if report.kind == "audit":
+        n = max([int(side["candidates"]) for side in (report.before, report.after) if isinstance(side.get("candidates"), (int, float))] or [0])
+        if 0 < n < AUDIT_STANDARD_CANDIDATES:
+            return (f"Audit over {n:,} candidates (the published setting uses {AUDIT_STANDARD_CANDIDATES:,}): counts from a "
+                    "small candidate set are a lower bound with wide uncertainty.")
+    return None
+
+
 def _report_rows(report: EvalReport) -> dict[str, Any]:
     rows = [(_metric_label(report.kind, m, long=False), _fmt(report.before.get(m)), _fmt(report.after.get(m))) for m in report.metrics()]
     settings = ", ".join(f"{k} {v}" for k, v in report.settings.items() if k != "license" and not isinstance(v, (dict, list)))
     return {"kind": report.kind, "files": ", ".join(f"`{f}`" for f in report.files), "rows": rows, "settings": settings,
-            "license": report.settings.get("license")}
+            "license": report.settings.get("license"), "caveat": sample_caveat(report)}

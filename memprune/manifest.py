@@ -15,11 +15,11 @@ from __future__ import annotations
 import json
 import math
 import os
-import shlex
 from pathlib import Path
 from typing import Any
 
 from memprune.errors import MempruneError
+from memprune.public import public_command, public_info, public_name
 
 SCHEMA = "memprune.manifest/1"
 META_KEY = "memprune.manifest"
@@ -179,6 +179,9 @@ def public_step(step: dict[str, Any]) -> dict[str, Any]:
     for key in ("input", "scores", "output"):
         if isinstance(out.get(key), dict) and isinstance(out[key].get("path"), str):
             out[key] = {**out[key], "path": public_name(out[key]["path"])}
+    scores = out.get("scores")
+    if isinstance(scores, dict):
+        out["scores"] = {k: (public_info(v, k) if k in ("info", "tokenizer") else v) for k, v in scores.items()}
     if isinstance(out.get("command"), str):
         out["command"] = public_command(out["command"])
     return out
@@ -190,37 +193,6 @@ def public_manifest(manifest: dict[str, Any]) -> dict[str, Any]:
     if isinstance(manifest.get("history"), list):
         out["history"] = [public_step(s) if isinstance(s, dict) else s for s in manifest["history"]]
     return out
-
-
-def public_name(path: str) -> str:
-    """``/home/me/ckpt/var_d16.pth`` -> ``var_d16.pth``; ``hf://`` references are public and kept."""
-    if path.startswith("hf://") or "://" in path:
-        return path
-    return Path(path).name or path
-
-
-def public_command(command: str) -> str:
-    """The command line with every local path argument reduced to its file name (``--opt=/a/b`` too)."""
-    try:
-        tokens = shlex.split(command)
-    except ValueError:
-        return command.split(" ", 1)[0]
-    out = []
-    for token in tokens:
-        opt, eq, value = token.partition("=")
-        if eq and opt.startswith("-"):
-            out.append(f"{opt}={_public_arg(value)}")
-        else:
-            out.append(_public_arg(token))
-    return shlex.join(out)
-
-
-def _public_arg(token: str) -> str:
-    if token.startswith("-") or "://" in token:
-        return token
-    if "/" in token or "\\" in token or token.startswith("~"):
-        return public_name(token.replace("\\", "/"))
-    return token
 
 
 def embeddable(manifest: dict[str, Any]) -> str:

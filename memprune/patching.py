@@ -43,9 +43,8 @@ from memprune.manifest import (
     embeddable,
     history_from,
     manifest_path_for,
-    public_command,
-    public_name,
 )
+from memprune.public import public_command, public_info, public_name
 from memprune.scores import ScoreSet, load_scores, validate_scores
 from memprune.selection import Selection, aggregate_groups, parse_top, select_units
 
@@ -347,8 +346,9 @@ def _manifest(ckpt, adapter, kind, digest, score_set, scores_arg, selection, edi
             "sha256": sha256_file(score_path) if score_path else None,
             "checkpoint_sha256": score_set.checkpoint_sha256,
             "groups": score_set.groups,
-            "info": score_set.info,
-            "tokenizer": score_set.info.get("tokenizer"),
+            # Aggregate settings only: the per-image labels stay in the score file; paths become file names.
+            "info": public_info(score_set.info),
+            "tokenizer": public_info(score_set.info.get("tokenizer"), "tokenizer"),
         },
         "architecture": adapter.name,
         "unit_layer": kind,

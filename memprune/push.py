@@ -18,6 +18,7 @@ from typing import Any
 
 from memprune.errors import MempruneError
 from memprune.hub import SCHEME, _hub_errors
+from memprune.public import has_local_paths, public_command, public_report
 
 # Official tokenizers of the released models: a patch never touches the tokenizer, so the card points to these.
 DEFAULT_TOKENIZERS = {
@@ -69,8 +70,14 @@ def plan_push(
     include_tokenizer: bool = False,
     license: str | None = None,
     force: bool = False,
+    dataset: str | None = None,
+    include_audit_details: bool = False,
 ) -> PushPlan:
     """Check a patched checkpoint and decide what :func:`push` uploads, without contacting the Hub.
+
+    Reports are uploaded as their aggregate part only (:func:`memprune.public.public_report`: counts, rates,
+    settings, digests); per-image results, image ids and local paths stay local unless
+    ``include_audit_details``, which uploads the report files as they are, with a warning.
 
     Raises:
         MempruneError: bad repo id, a pickle or other non-safetensors file, no manifest, a pickled tokenizer.
@@ -87,6 +94,11 @@ def plan_push(
         manifest = read_manifest(path, ckpt.metadata)
         if manifest is None:
             raise MempruneError(f"{path} has no memprune manifest (no {manifest_path_for(path).name}, none in its header): push uploads outputs of `memprune patch`")
+    if has_local_paths(manifest) and not include_audit_details:
+        raise MempruneError(
+            f"the manifest of {path.name} records local paths (written by an older memprune); they would be published in "
+            "the weights' header: re-run `memprune patch` to write a publishable manifest, or pass --include-audit-details"
+        )
     from memprune.verify import verify
 
     checks = verify(path, base, raise_on_failure=False).checks
@@ -96,7 +108,11 @@ def plan_push(
         raise VerificationError(f"{path.name} does not match its manifest ({failed[0].name}: {failed[0].detail}): re-run `memprune patch`, or pass --force to push anyway")
     found, report_files, report_warnings = find_reports(path, reports)
     tok_ref, tok_files, tok_warnings = _tokenizer_files(manifest, tokenizer, include_tokenizer, path.name)
-    card = render_card(manifest, repo_id=repo_id, weights_name=path.name, reports=found, license=license, tokenizer=tok_ref)
+    card = render_card(manifest, repo_id=repo_id, weights_name=path.name, reports=found, license=license, tokenizer=tok_ref,
+                       dataset=dataset)
+    if include_audit_details and report_files:
+        report_warnings.append("--include-audit-details: publishing the reports as they are, with per-image results, "
+                               "training image ids and local paths")
     sidecar = manifest_path_for(path)
     manifest_bytes = sidecar.read_bytes() if sidecar.exists() else (json.dumps(manifest, indent=2) + "\n").encode()
     files = [
@@ -104,11 +120,11 @@ def plan_push(
         _bytes_file(sidecar.name, "manifest", manifest_bytes),
         _bytes_file("README.md", "card", card.encode("utf-8")),
         *tok_files,
-        *(_local_file(r.path_in_repo, "report", r.path) for r in report_files),
+        *(_local_file(r.path_in_repo, "report", r.path) if include_audit_details else _report_file(r) for r in report_files),
     ]
     sel, inter = manifest.get("selection", {}), manifest.get("intervention", {})
     message = f"memprune: {manifest.get('architecture')} with {sel.get('selected')} memorization units x {inter.get('factor')}"
-    description = f"Patched with `{manifest.get('command')}`; source sha256 {manifest.get('input', {}).get('sha256')}."
+    description = f"Patched with `{public_command(str(manifest.get('command')))}`; source sha256 {manifest.get('input', {}).get('sha256')}."
     return PushPlan(repo_id, files, card, checks, manifest, tok_ref, message, description, warnings + report_warnings + tok_warnings)
 
 
@@ -187,6 +203,17 @@ def _checked_digest(checks: list[Any], manifest: dict[str, Any]) -> str | None:
     return (manifest.get("output") or {}).get("sha256") if ok else None
 
 
+def _report_file(report: Any) -> PushFile:
+    """A report's aggregate part as JSON bytes (the local file keeps everything)."""
+    try:
+        data = json.loads(report.path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise MempruneError(f"report {report.path} is not valid JSON ({exc}): re-run the evaluation that wrote it") from None
+    body = public_report(data)
+    body["published"] = "aggregate figures only; per-image results, ids and local paths were left out (memprune push)"
+    return _bytes_file(report.path_in_repo, "report", (json.dumps(body, indent=2) + "\n").encode("utf-8"))
+
+
 def _bytes_file(name: str, kind: str, data: bytes) -> PushFile:
     import hashlib
 
@@ -223,6 +250,8 @@ def push(
     dry_run: bool = False,
     force: bool = False,
     endpoint: str | None = None,
+    dataset: str | None = None,
+    include_audit_details: bool = False,
 ) -> PushResult:
     """Upload a patched checkpoint, its manifest, a model card, the tokenizer reference and reports in one commit.
 
@@ -242,12 +271,14 @@ def push(
         dry_run: plan, check and render only; contact nothing.
         force: push even when the manifest checks fail (pickles are refused regardless).
         endpoint: Hub URL (default: ``HF_ENDPOINT`` or huggingface.co).
+        dataset: the training set to name on the card (default: the manifest's ``dataset``, else none).
+        include_audit_details: upload the report files whole (per-image results, ids, local paths).
 
     Raises:
         MempruneError: bad inputs, a pickle, Hub errors. VerificationError: the manifest does not check out.
     """
     plan = plan_push(patched, repo_id, reports=reports, base=base, tokenizer=tokenizer, include_tokenizer=include_tokenizer,
-                     license=license, force=force)
+                     license=license, force=force, dataset=dataset, include_audit_details=include_audit_details)
     if dry_run:
         return PushResult(plan, dry_run=True)
     return _upload(plan, private=private, revision=revision, create_pr=create_pr, commit_message=commit_message,

@@ -47,6 +47,8 @@ def push_cmd(
     commit_message: Annotated[str | None, typer.Option("--commit-message", "-m", help="Commit summary.")] = None,
     token: Annotated[str | None, typer.Option("--token", help="Hub token (default: `hf auth login` or HF_TOKEN).")] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Check and print what would be uploaded, and the card; contact nothing.")] = False,
+    dataset: Annotated[str | None, typer.Option("--dataset", help="Training set to name on the card, e.g. ImageNet-1k (default: none).")] = None,
+    include_audit_details: Annotated[bool, typer.Option("--include-audit-details", help="Also publish per-image audit results, training image ids and local paths (private by default).", rich_help_panel="Dangerous Options")] = False,
     force: Annotated[bool, typer.Option("--force", help="Push even if the manifest checks fail (pickles are always refused).", rich_help_panel="Dangerous Options")] = False,
     fmt: FormatOpt = OutputFormat.table,
     quiet: QuietOpt = False,
@@ -57,7 +59,7 @@ def push_cmd(
     result = push(
         patched, repo, reports=reports or (), base=base, tokenizer=tokenizer, include_tokenizer=include_tokenizer,
         license=license, private=private, revision=revision, create_pr=create_pr, commit_message=commit_message,
-        token=token, dry_run=dry_run, force=force,
+        token=token, dry_run=dry_run, force=force, dataset=dataset, include_audit_details=include_audit_details,
     )
     if fmt is OutputFormat.json:
         print_json(_push_json(result))

@@ -88,7 +88,7 @@ def test_reports_fill_eval_results_and_the_before_after_table(patched, tmp_path)
     audit, fid = reports
     assert audit.before["extracted"] == 20 and audit.after["extracted"] == 3 and "mean_similarity" not in audit.after
     assert fid.before == {"fid": 3.1} and fid.after == {"fid": 3.4}
-    card = render_card(manifest, repo_id="me/var-safe", weights_name=out.name, reports=reports)
+    card = render_card(manifest, repo_id="me/var-safe", weights_name=out.name, reports=reports, dataset="ImageNet-1k")
     results = ModelCard(card).data.eval_results
     assert {(r.metric_type, r.metric_value) for r in results} == {("memorization/extracted", 3), ("memorization/extracted_share", 0.03), ("fid", 3.4)}
     assert "model-index" in _front_matter(card)

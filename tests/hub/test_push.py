@@ -182,7 +182,7 @@ def test_reports_and_tokenizer_file_are_uploaded(patched, tmp_path, online):
         hub_push.push(out, REPO, token=TOKEN, tokenizer=str(tok_pth), include_tokenizer=True)
     tok = tmp_path / "vae.safetensors"
     save_safetensors({"w": torch.ones(2)}, tok)
-    hub_push.push(out, REPO, token=TOKEN, tokenizer=str(tok), include_tokenizer=True)
+    hub_push.push(out, REPO, token=TOKEN, tokenizer=str(tok), include_tokenizer=True, dataset="ImageNet-1k")
     files = online.files(REPO)
     assert files["vae.safetensors"] == tok.read_bytes()
     assert json.loads(files["memprune_tokenizer.json"])["file"] == "vae.safetensors"
