@@ -268,7 +268,7 @@ def _write_pair(ckpt, out_path: Path, edits: list[TensorEdit], manifest: dict[st
 def _test_hook(point: str) -> None:
     """Tests place a kill at a named point of the commit (MEMPRUNE_TEST_PAUSE=point:seconds)."""
     spec = os.environ.get("MEMPRUNE_TEST_PAUSE", "")
-    name, _, seconds = spec.partition(":")
+    name, _, seconds = spec.rpartition(":")
     if name == point:
         print(f"memprune-test-pause {point}", file=sys.stderr, flush=True)
         time.sleep(float(seconds or 30))

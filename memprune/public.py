@@ -96,7 +96,7 @@ _PER_IMAGE_INFO = frozenset({"labels", "images", "ids", "image_ids"})
 def public_info(info: Any, _key: str = "") -> Any:
     """A score file's ``info`` as a manifest may carry it: per-image lists dropped, paths as file names."""
     if isinstance(info, dict):
-        return {k: public_info(v, k) for k, v in info.items() if k not in _PER_IMAGE_INFO}
+        return {k: public_info(v, k) for k, v in info.items() if not (k in _PER_IMAGE_INFO and isinstance(v, (list, dict)))}
     if isinstance(info, list):
         return [public_info(v, _key) for v in info]
     return public_value(_key, info)
