@@ -11,12 +11,11 @@ the largest tensor whatever the checkpoint size.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import shlex
 import sys
-import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -33,17 +32,14 @@ from memprune.io import (
     checkpoint_sha256,
     open_checkpoint,
     sha256_file,
-    staged_file,
-    write_safetensors_to,
 )
 from memprune.manifest import (
-    META_KEY,
     SCHEMA,
     authoritative_manifest,
-    embeddable,
     history_from,
     manifest_path_for,
 )
+from memprune.patch_write import PENDING_DIGEST, write_pair
 from memprune.public import public_command, public_info, public_name
 from memprune.scores import ScoreSet, load_scores, validate_scores
 from memprune.selection import Selection, aggregate_groups, parse_top, select_units
@@ -186,21 +182,28 @@ def patch(
     ckpt_path = Path(checkpoint)
     out_path = None if dry_run else _check_outputs(_require(output), checkpoint, scores)
     score_set = scores if isinstance(scores, ScoreSet) else load_scores(scores)
-    with open_checkpoint(checkpoint) as ckpt:
+    with open_checkpoint(checkpoint) as ckpt, ThreadPoolExecutor(1, "memprune-digest") as pool:
         adapter = detect_adapter(ckpt, arch, layers_regex)
         kind, layers = _unit_kind(adapter, ckpt, score_set)
         values = validate_scores(score_set, layers)
-        digest = checkpoint_sha256(ckpt.path)
-        if score_set.checkpoint_sha256 and score_set.checkpoint_sha256 != digest and not force:
-            raise MempruneError(
-                f"scores were computed on checkpoint {score_set.checkpoint_sha256[:12]}... but {ckpt_path.name} is "
-                f"{digest[:12]}...: score this checkpoint, or pass --force"
-            )
         agg, used = aggregate_groups(values, score_set.groups, aggregate, score_set.image_independent)
         selection = select_units(agg, top_spec, scope)
         edits = plan_edits(layers, selection, factor, target, bias)
+        # The input digest is needed for the score check and the manifest; it is computed in a thread so that
+        # on the copy path it overlaps the kernel copy of the data.
+        hashing = pool.submit(checkpoint_sha256, ckpt.path)
+
+        def input_digest() -> str:
+            digest = hashing.result()
+            if score_set.checkpoint_sha256 and score_set.checkpoint_sha256 != digest and not force:
+                raise MempruneError(
+                    f"scores were computed on checkpoint {score_set.checkpoint_sha256[:12]}... but {ckpt_path.name} is "
+                    f"{digest[:12]}...: score this checkpoint, or pass --force"
+                )
+            return digest
+
         manifest = _manifest(
-            ckpt, adapter, kind, digest, score_set, scores, selection, edits, used,
+            ckpt, adapter, kind, PENDING_DIGEST, score_set, scores, selection, edits, used,
             dict(top=top_spec.text, scope=scope, aggregate=aggregate, factor=factor, target=target, bias=bias, force=force),
             command,
         )
@@ -208,13 +211,19 @@ def patch(
         widths = {layer.name: layer.width for layer in layers}
         result = PatchResult(out_path, None, manifest, selection, edits, per_layer, widths, dry_run=dry_run)
         if dry_run:
+            manifest["input"]["sha256"] = input_digest()
             return result
-        result.manifest_path = _write_pair(ckpt, out_path, edits, manifest)
+        written = write_pair(ckpt, out_path, edits, manifest, input_digest, check=verify)
+        result.manifest_path = written.manifest_path
     if verify:
         from memprune.verify import verify as verify_patch
+        from memprune.verify import verify_written
 
         try:
-            verify_patch(out_path, base=checkpoint)
+            if written.bytes_checked:  # every unedited byte was compared already: re-read the edited tensors only
+                verify_written(out_path, checkpoint, manifest)
+            else:
+                verify_patch(out_path, base=checkpoint)
         except KeyboardInterrupt:
             raise InterruptedAfterWrite(
                 f"interrupted during verification: {out_path} and {result.manifest_path.name} were written but not "
@@ -244,71 +253,6 @@ def _require(output: str | os.PathLike | None) -> str | os.PathLike:
     if output is None:
         raise MempruneError("no output path: pass -o OUT.safetensors (or --dry-run to only plan)")
     return output
-
-
-def _write_pair(ckpt, out_path: Path, edits: list[TensorEdit], manifest: dict[str, Any]) -> Path:
-    """Write the weights and the manifest as one commit that a reader can always judge.
-
-    Both are written under temporary names first; then the weights are renamed into place, then the manifest.
-    A crash before the first rename leaves the old pair; after it, the new weights carry their manifest in the
-    header (authoritative), and an old sidecar left beside them fails ``verify``'s header-copy check.
-    """
-    sidecar = manifest_path_for(out_path)
-    with staged_file(out_path) as weights, staged_file(sidecar) as side:
-        out_digest = _write(ckpt, weights.tmp, edits, manifest)
-        manifest["output"] = {"path": out_path.name, "sha256": out_digest}
-        side.tmp.write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
-        _test_hook("before-commit")
-        weights.commit()
-        _test_hook("between-renames")
-        side.commit()
-    return sidecar
-
-
-def _test_hook(point: str) -> None:
-    """Tests place a kill at a named point of the commit (MEMPRUNE_TEST_PAUSE=point:seconds)."""
-    spec = os.environ.get("MEMPRUNE_TEST_PAUSE", "")
-    name, _, seconds = spec.rpartition(":")
-    if name == point:
-        print(f"memprune-test-pause {point}", file=sys.stderr, flush=True)
-        time.sleep(float(seconds or 30))
-
-
-def _write(ckpt, file: Path, edits: list[TensorEdit], manifest: dict[str, Any]) -> str:
-    by_tensor = {e.tensor: e for e in edits}
-    metadata = {k: v for k, v in ckpt.metadata.items() if k != META_KEY}
-    metadata.update({
-        "memprune.version": __version__,
-        "memprune.source_sha256": manifest["input"]["sha256"],
-        META_KEY: embeddable(manifest),
-    })
-    specs = [(k, ckpt.dtype(k), ckpt.shape(k)) for k in ckpt.keys()]
-
-    def produce():
-        for key in ckpt.keys():
-            tensor = ckpt.get(key)
-            edit = by_tensor.get(key)
-            yield key, (scaled_checked(tensor, edit) if edit else tensor)
-            _test_hook(f"after-tensor:{key}")
-
-    return write_safetensors_to(file, specs, produce(), metadata)
-
-
-def scaled_checked(t: torch.Tensor, edit: TensorEdit) -> torch.Tensor:
-    """:func:`scale_slices`, refusing a result that overflows the tensor's dtype (finite values becoming inf)."""
-    out = scale_slices(t, edit)
-    if out.is_floating_point() and edit.units:
-        index = torch.tensor(edit.units, dtype=torch.long)
-        before, after = t.index_select(edit.axis, index), out.index_select(edit.axis, index)
-        overflow = torch.isfinite(before) & ~torch.isfinite(after)
-        if overflow.any():
-            big = before[torch.isfinite(before)].abs().max().item()
-            limit = torch.finfo(t.dtype).max
-            raise MempruneError(
-                f"--factor {edit.factor:g} overflows {t.dtype} in {edit.tensor} ({int(overflow.sum())} values become inf: "
-                f"max |w| {big:.4g} x {edit.factor:g} > {limit:.4g}): choose a factor below {limit / big:.4g}; nothing was written"
-            )
-    return out
 
 
 def _hub_provenance(path: Path) -> dict[str, Any] | None:

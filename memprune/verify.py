@@ -97,6 +97,48 @@ def verify(
     return report
 
 
+def verify_written(patched: str | os.PathLike, base: str | os.PathLike, manifest: dict[str, Any]) -> VerifyReport:
+    """The verification ``patch`` runs after its copy path, which already compared every byte outside the edited
+    slices with the base and hashed both files while writing.
+
+    Re-checks what that comparison cannot show: the manifest beside the file and in its header, the key set,
+    shapes, dtypes and header metadata against the base, and every edited tensor re-read from the written file
+    against the base with the declared edit re-applied. ``memprune verify --base`` remains the independent check
+    that decodes every tensor.
+
+    Raises:
+        VerificationError: a check failed.
+    """
+    with open_checkpoint(patched) as out, open_checkpoint(base) as ref:
+        written = read_manifest(out.path, out.metadata)
+        report = VerifyReport(out.path, ref.path)
+        same = written == manifest
+        report.checks.append(Check("manifest", same, "the manifest on disk is the one written" if same else "the manifest on disk differs from the one patch wrote"))
+        header = out.metadata.get(META_KEY)
+        report.checks.append(Check("header copy", header == embeddable(manifest), "the manifest equals the copy in the header"))
+        edits = edits_from_manifest(manifest)
+        report.tensors_edited = len(edits)
+        report.units_edited = sum(len(e["units"]) for e in manifest.get("layers", {}).values())
+        _check_keys(report, out, ref)
+        _check_metadata(report, manifest, out, ref)
+        bad = []
+        for key, edit in edits.items():
+            if key not in ref or key not in out or not _in_range(edit, ref.shape(key)):
+                bad.append(f"{key}: missing or units out of range")
+                continue
+            before, after = ref.get(key), out.get(key)
+            report.tensors_checked += 1
+            if not _same_bits(scale_slices(before, edit), after):
+                bad.append(_describe_mismatch(key, scale_slices(before, edit), after, edit))
+            elif after.is_floating_point() and (torch.isfinite(before) & ~torch.isfinite(after)).any():
+                bad.append(f"{key}: non-finite values appeared")
+        report.checks.append(Check("edited tensors", not bad, "; ".join(bad[:5]) if bad else f"{report.tensors_checked} tensors match"))
+    if not report.ok:
+        first = report.failures()[0]
+        raise VerificationError(f"verification of {report.patched} failed: {first.name}: {first.detail}")
+    return report
+
+
 def _compare_with_base(report: VerifyReport, manifest: dict, edits: dict[str, TensorEdit], out: Checkpoint, ref: Checkpoint) -> None:
     want_in = manifest.get("input", {}).get("sha256")
     have_in = checkpoint_sha256(ref.path)
