@@ -1,15 +1,16 @@
 """Benchmark ``memprune patch`` on a synthetic checkpoint with VAR-d16 shapes (about 1.24 GB float32).
 
-Prints the time of ``patch`` (with and without its verification pass) divided by the time of copying the
-same file, and the peak resident memory of a ``patch`` process above an idle process that has imported the
-same libraries, relative to the largest tensor. Two copy baselines are timed, both ending with fsync:
-``shutil.copyfile`` (in-kernel ``copy_file_range`` on Linux, what ``cp`` does) and a streamed user-space
-read/write copy (what any tool that transforms tensors has to do). One sha256 pass over the file is timed
-too: ``patch`` makes two (input digest for the score check and the manifest, output digest while writing).
-Targets (issue 2): patch <= 1.5 x copy time; peak RSS <= largest tensor + 300 MB.
+Times, in interleaved rounds (median reported, since other processes share the machine): ``cp``'s in-kernel copy
+(``shutil.copyfile``, i.e. ``copy_file_range``) + fsync, one sha256 pass, a streamed Python read/write copy, and
+``patch`` with and without its verification, on the copy path (single safetensors input: kernel copy of the data
+section, edited rows rewritten in place, digests in threads) and on the streaming path (what pickles and sharded
+inputs use, and what every input used before). Each ``patch`` runs in a fresh process that times itself after its
+imports and reports its own peak RSS; the import-only peak RSS is measured the same way.
+Target (issue 15): ``patch`` including both digests and its verification at most 2 x ``cp``; peak RSS unchanged
+(import + less than one tensor).
 
 Usage:
-    python benchmarks/patch.py [--depth 16] [--workdir /tmp/memprune-bench] [--keep]
+    python benchmarks/patch.py [--depth 16] [--rounds 3] [--workdir /tmp/memprune-bench] [--keep]
 """
 
 from __future__ import annotations
@@ -17,8 +18,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -86,16 +87,28 @@ def make_checkpoint(path: Path, depth: int) -> int:
     return max(torch.Size(s).numel() * torch.empty((), dtype=d).element_size() for s, d in shapes.values())
 
 
-def child_peak_rss(code: str) -> tuple[float, int]:
-    """Run Python code in a fresh process; return (seconds, its peak RSS in bytes)."""
-    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    start = time.perf_counter()
-    subprocess.run([sys.executable, "-c", code], check=True)
-    seconds = time.perf_counter() - start
-    peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    if peak < before:  # ru_maxrss of children is the max over all waited-for children
-        peak = before
-    return seconds, peak * 1024  # Linux reports KiB
+_CHILD = """
+import json, resource, sys, time
+import memprune.patch_write as pw
+from memprune.patching import patch
+if {stream}:
+    pw._splice_layout = lambda ckpt: None
+t0 = time.perf_counter()
+if {run}:
+    patch({ckpt!r}, {scores!r}, output={out!r}, top='10%', factor=0.5, verify={verify})
+seconds = time.perf_counter() - t0
+print(json.dumps({{"seconds": seconds, "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}}))
+"""
+
+
+def run_child(ckpt: Path, scores: Path, out: Path, *, verify: bool, stream: bool, run: bool = True) -> dict[str, float]:
+    """One ``patch`` in a fresh process; returns its own timing (after imports) and peak RSS."""
+    code = _CHILD.format(ckpt=str(ckpt), scores=str(scores), out=str(out), verify=verify, stream=stream, run=run)
+    done = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True)
+    if out.exists():
+        out.unlink()
+        out.with_name(out.name.replace(".safetensors", ".manifest.json")).unlink()
+    return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 def _timed_copy(src: Path, dst: Path, *, kernel: bool) -> float:
@@ -117,6 +130,7 @@ def _timed_copy(src: Path, dst: Path, *, kernel: bool) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--depth", type=int, default=16)
+    parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--workdir", type=Path, default=None)
     parser.add_argument("--keep", action="store_true")
     args = parser.parse_args()
@@ -128,46 +142,41 @@ def main() -> None:
     hidden = 4 * 64 * args.depth
     values = {f"blocks.{i}.ffn.fc1": torch.rand(10, hidden) for i in range(args.depth)}
     save_scores(ScoreSet(values, [f"scale{i}" for i in range(10)], checkpoint_sha256(ckpt), "var", ["scale0"]), scores)
-
-    # Warm the page cache identically for every measurement, then time a plain copy.
-    shutil.copyfile(ckpt, work / "warm.bin")
+    shutil.copyfile(ckpt, work / "warm.bin")  # warm the page cache identically for every measurement
     (work / "warm.bin").unlink()
-    copy_s = _timed_copy(ckpt, work / "copy.safetensors", kernel=True)
-    stream_s = _timed_copy(ckpt, work / "copy.safetensors", kernel=False)
-    t0 = time.perf_counter()
-    checkpoint_sha256(ckpt)
-    sha_s = time.perf_counter() - t0
-
-    base_s, base_rss = child_peak_rss("import torch, memprune.patching, memprune.verify")
-    runs = {}
-    for label, verify in (("patch --no-verify", False), ("patch (with verify)", True)):
-        out = work / f"out_{int(verify)}.safetensors"
-        code = (
-            "from memprune.patching import patch; "
-            f"patch({str(ckpt)!r}, {str(scores)!r}, output={str(out)!r}, top='10%', factor=0.5, verify={verify})"
-        )
-        seconds, rss = child_peak_rss(code)
-        runs[label] = {"seconds": seconds - base_s, "peak_rss_bytes": rss}
-    result = {
-        "checkpoint_bytes": size,
-        "largest_tensor_bytes": largest,
-        "copy_seconds": copy_s,
-        "streamed_copy_seconds": stream_s,
-        "sha256_seconds": sha_s,
-        "import_only_seconds": base_s,
-        "import_only_peak_rss_bytes": base_rss,
-        "runs": runs,
+    out = work / "out.safetensors"
+    idle = run_child(ckpt, scores, out, verify=False, stream=False, run=False)
+    cases = {
+        "patch --no-verify (copy path)": dict(verify=False, stream=False),
+        "patch (copy path, with verification)": dict(verify=True, stream=False),
+        "patch --no-verify (streaming path)": dict(verify=False, stream=True),
+        "patch (streaming path, with verification)": dict(verify=True, stream=True),
     }
-    print(f"checkpoint {size / 1e9:.2f} GB (VAR-d{args.depth} shapes), largest tensor {largest / 1e6:.1f} MB")
-    print(f"copy (shutil.copyfile + fsync) {copy_s:.2f} s; streamed copy (read/write + fsync) {stream_s:.2f} s; one sha256 pass {sha_s:.2f} s")
-    print(f"python + torch + memprune import alone: {base_s:.2f} s, peak RSS {base_rss / 1e6:.0f} MB (subtracted below)")
-    for label, r in runs.items():
-        extra = (r["peak_rss_bytes"] - base_rss) / 1e6
-        print(
-            f"{label:22s} {r['seconds']:6.2f} s = {r['seconds'] / copy_s:4.2f} x copy, {r['seconds'] / stream_s:4.2f} x streamed copy; "
-            f"peak RSS {r['peak_rss_bytes'] / 1e6:.0f} MB = import + {extra:.0f} MB (largest tensor + {extra - largest / 1e6:.0f} MB)"
-        )
-    print(json.dumps(result))
+    rounds: list[dict[str, float]] = []
+    peaks: dict[str, int] = {}
+    for _ in range(args.rounds):
+        r = {"cp": _timed_copy(ckpt, work / "copy.safetensors", kernel=True),
+             "streamed copy": _timed_copy(ckpt, work / "copy.safetensors", kernel=False)}
+        t0 = time.perf_counter()
+        checkpoint_sha256(ckpt)
+        r["sha256"] = time.perf_counter() - t0
+        for label, kw in cases.items():
+            child = run_child(ckpt, scores, out, **kw)
+            r[label] = child["seconds"]
+            peaks[label] = max(peaks.get(label, 0), int(child["peak_rss_bytes"]))
+        rounds.append(r)
+    med = {k: statistics.median(r[k] for r in rounds) for k in rounds[0]}
+    ratio = {k: statistics.median(r[k] / r["cp"] for r in rounds) for k in rounds[0]}
+    print(f"checkpoint {size / 1e9:.2f} GB (VAR-d{args.depth} shapes), largest tensor {largest / 1e6:.1f} MB; "
+          f"median of {args.rounds} interleaved rounds; load average {os.getloadavg()[0]:.1f}")
+    print(f"{'measure':45s} {'seconds':>8s} {'x cp':>6s}")
+    for k in med:
+        print(f"{k:45s} {med[k]:8.2f} {ratio[k]:6.2f}")
+    print(f"peak RSS: import only {idle['peak_rss_bytes'] / 1e6:.0f} MB")
+    for label, peak in peaks.items():
+        print(f"  {label:43s} {peak / 1e6:.0f} MB = import + {(peak - idle['peak_rss_bytes']) / 1e6:.0f} MB")
+    print(json.dumps({"checkpoint_bytes": size, "largest_tensor_bytes": largest, "rounds": rounds, "median_seconds": med,
+                      "median_ratio_to_cp": ratio, "peak_rss_bytes": peaks, "import_only_peak_rss_bytes": idle["peak_rss_bytes"]}))
     if not args.keep:
         shutil.rmtree(work)
 

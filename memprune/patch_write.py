@@ -14,12 +14,15 @@ Both write under temporary names and commit weights first, manifest second (see 
 
 from __future__ import annotations
 
+import errno
+import hashlib
 import json
 import os
+import queue
 import sys
 import time
-from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,10 +32,11 @@ import torch
 from memprune import __version__
 from memprune.errors import MempruneError, VerificationError
 from memprune.io import staged_file, write_safetensors_to
-from memprune.io.splice import Layout, copy_range, first_difference, read_layout, sha256_of, slice_ranges, write_at
+from memprune.io.splice import Layout, copy_range, read_layout, write_at
 from memprune.io.writer import safetensors_header
 from memprune.manifest import META_KEY, embeddable, manifest_path_for
 
+_SPLICE_CHUNK = 8 << 20  # copy/hash granularity: three buffers of this size are the copy path's working memory
 PENDING_DIGEST = "0" * 64  # same length as a sha256 hex digest, so the header keeps its size when it is filled in
 
 
@@ -44,8 +48,8 @@ class Written:
     bytes_checked: bool
 
 
-def write_pair(ckpt, out_path: Path, edits: list, manifest: dict[str, Any], input_digest: Callable[[], str], *,
-               check: bool) -> Written:
+def write_pair(ckpt, out_path: Path, edits: list, manifest: dict[str, Any], digest: Future, accept: Callable[[str], None],
+               *, claimed: str | None, check: bool) -> Written:
     """Write the weights and the manifest as one commit that a reader can always judge.
 
     Both are written under temporary names first; then the weights are renamed into place, then the manifest.
@@ -53,18 +57,20 @@ def write_pair(ckpt, out_path: Path, edits: list, manifest: dict[str, Any], inpu
     header (authoritative), and an old sidecar left beside them fails ``verify``'s header-copy check.
 
     Args:
-        input_digest: returns the input's checkpoint digest (raising if the scores do not belong to it); it is
-            called once, possibly while the copy runs.
-        check: on the copy path, compare every byte outside the edited slices with the input before committing.
+        digest: the input's checkpoint digest, being computed in a thread.
+        accept: raises when that digest shows the scores belong to another checkpoint (and it is not forced).
+        claimed: the digest the score file names, if any: on the copy path the header is written with it at once.
+        check: on the copy path, read every written byte back and compare it with the intended bytes.
     """
     sidecar = manifest_path_for(out_path)
     layout = _splice_layout(ckpt)
     with staged_file(out_path) as weights, staged_file(sidecar) as side:
         if layout is None:
-            manifest["input"]["sha256"] = input_digest()
+            manifest["input"]["sha256"] = digest.result()
+            accept(manifest["input"]["sha256"])
             out_digest = _write_stream(ckpt, weights.tmp, edits, manifest)
         else:
-            out_digest = _write_spliced(ckpt, layout, weights.tmp, edits, manifest, input_digest, check)
+            out_digest = _write_spliced(ckpt, layout, weights.tmp, edits, manifest, digest, accept, claimed, check)
         manifest["output"] = {"path": out_path.name, "sha256": out_digest}
         side.tmp.write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
         test_hook("before-commit")
@@ -124,46 +130,165 @@ def _splice_layout(ckpt) -> Layout | None:
     return layout if offset == layout.data_length else None
 
 
+@dataclass(frozen=True)
+class _Patch:
+    """Bytes of the output's data section that differ from the input: ``data()`` at data offset ``offset``."""
+
+    offset: int
+    length: int
+    data: Callable[[], bytes]
+
+
 def _write_spliced(ckpt, layout: Layout, file: Path, edits: list, manifest: dict[str, Any],
-                   input_digest: Callable[[], str], check: bool) -> str:
-    manifest["input"]["sha256"] = PENDING_DIGEST
-    head_len = len(safetensors_header(_specs(ckpt), _metadata(ckpt, manifest)))
-    with open(ckpt.path, "rb") as src, open(file, "r+b") as dst, ThreadPoolExecutor(1, "memprune-copy") as pool:
-        copying = pool.submit(copy_range, src.fileno(), dst.fileno(), layout.data_start, head_len, layout.data_length)
-        try:
-            manifest["input"]["sha256"] = input_digest()  # hashed in another thread while the kernel copies
-        finally:
-            copying.result()
-        head = safetensors_header(_specs(ckpt), _metadata(ckpt, manifest))
-        if len(head) != head_len:
-            raise RuntimeError("the header changed size when the input digest was filled in")
-        write_at(dst.fileno(), 0, head)
-        holes = _rewrite_edits(ckpt, layout, dst.fileno(), head_len, edits)
-        test_hook("after-copy")
-        dst.flush()
-        hashing = pool.submit(sha256_of, file)
-        try:
-            if check:
-                where = first_difference(ckpt.path, layout.data_start, file, head_len, layout.data_length, holes)
-                if where is not None:
-                    raise VerificationError(f"the copy of {ckpt.path.name} differs from it at data byte {where}, outside the edited slices: nothing was written; check the disk and re-run")
-        finally:
-            out_digest = hashing.result()
+                   digest: Future, accept: Callable[[str], None], claimed: str | None, check: bool) -> str:
+    """The copy path. The header needs the input digest: when the score file names one (memprune's always do), it
+    is written at once and confirmed when the input has been hashed, so hashing the input, copying and hashing
+    the output all run together; otherwise (or for a forced mismatch) the input is hashed first."""
+    patches = _patches(ckpt, layout, edits)
+    guess = claimed or digest.result()
+    out_digest = _splice_pass(ckpt, layout, file, manifest, guess, patches, check)
+    actual = digest.result()
+    accept(actual)  # raises when the scores belong to another checkpoint (unless forced)
+    if actual != guess:  # --force with scores of another checkpoint: write the header with the true digest
+        out_digest = _splice_pass(ckpt, layout, file, manifest, actual, patches, check)
     return out_digest
 
 
-def _rewrite_edits(ckpt, layout: Layout, fd: int, head_len: int, edits: list) -> list[tuple[int, int]]:
-    """Write the edited slices over the copied bytes, one tensor at a time; returns the rewritten data ranges."""
-    holes: list[tuple[int, int]] = []
+def _splice_pass(ckpt, layout: Layout, file: Path, manifest: dict[str, Any], input_sha: str, patches: list[_Patch],
+                 check: bool) -> str:
+    manifest["input"]["sha256"] = input_sha
+    head = safetensors_header(_specs(ckpt), _metadata(ckpt, manifest))
+    with open(ckpt.path, "rb") as src, open(file, "r+b") as dst, ThreadPoolExecutor(2, "memprune-splice") as pool:
+        dst.truncate(len(head) + layout.data_length)
+        write_at(dst.fileno(), 0, head)
+        chunks: queue.Queue | None = queue.Queue(maxsize=2) if check else None  # bounded: memory stays at a few chunks
+        hashing = pool.submit(_intended_chunks, src.fileno(), layout, head, patches, chunks)
+        copying = pool.submit(_copy_and_check, src.fileno(), dst.fileno(), layout, len(head), patches, chunks)
+        try:
+            where = copying.result()
+        except BaseException:
+            if chunks is not None:
+                _drain(chunks, bytearray())
+            raise
+        out_digest = hashing.result()
+    test_hook("after-copy")
+    if where is not None:
+        raise VerificationError(f"the copy of {ckpt.path.name} differs from the intended bytes at data byte {where}: "
+                                "nothing was written; check the disk and re-run")
+    return out_digest
+
+
+def _patches(ckpt, layout: Layout, edits: list) -> list[_Patch]:
+    """The changed byte ranges: edited rows are computed now (small); other edits rewrite their whole tensor,
+    computed when needed so that memory stays near one tensor."""
+    from memprune.patching import scaled_part
+
+    out: list[_Patch] = []
     for edit in edits:
         tensor = ckpt.get(edit.tensor)
-        scaled = scaled_checked(tensor, edit)
-        raw = memoryview(scaled.contiguous().reshape(-1).view(torch.uint8).numpy())
         begin = layout.spans[edit.tensor][0]
-        for lo, hi in slice_ranges(tuple(tensor.shape), tensor.element_size(), edit.axis, edit.units):
-            write_at(fd, head_len + begin + lo, raw[lo:hi])
-            holes.append((begin + lo, begin + hi))
-    return holes
+        if edit.axis == 0 and tensor.dim() >= 1 and edit.units:
+            _, rows = scaled_part(tensor, edit)
+            _check_finite(tensor, edit, rows)
+            raw = rows.contiguous().reshape(len(edit.units), -1).view(torch.uint8).numpy()
+            row = raw.shape[1]
+            out += [_Patch(begin + u * row, row, lambda r=raw[i]: r.tobytes()) for i, u in enumerate(edit.units)]
+        elif edit.units:
+            scaled_checked(tensor, edit)  # refuse an overflow before anything is written
+            out.append(_Patch(begin, tensor.numel() * tensor.element_size(), _whole(ckpt.path, layout, edit, tensor.dtype, tuple(tensor.shape))))
+    return sorted(out, key=lambda p: p.offset)
+
+
+def _whole(path: Path, layout: Layout, edit, dtype: torch.dtype, shape: tuple[int, ...]) -> Callable[[], bytes]:
+    def data() -> bytes:
+        begin, end = layout.spans[edit.tensor]
+        fd = os.open(path, os.O_RDONLY)  # own descriptor: this runs in worker threads
+        try:
+            raw = bytearray(os.pread(fd, end - begin, layout.data_start + begin))
+        finally:
+            os.close(fd)
+        tensor = torch.frombuffer(raw, dtype=dtype).reshape(shape) if raw else torch.empty(shape, dtype=dtype)
+        return scaled_checked(tensor, edit).contiguous().reshape(-1).view(torch.uint8).numpy().tobytes()
+
+    return data
+
+
+def _clipped(patches: list[_Patch], lo: int, hi: int, cache: dict[int, bytes]) -> Iterator[tuple[int, bytes]]:
+    """``(data offset, bytes)`` of the patches' parts inside ``lo..hi``; ``cache`` keeps the last whole-tensor
+    patch, which can span several chunks, so it is computed once per thread."""
+    for p in patches:
+        if p.offset >= hi or p.offset + p.length <= lo:
+            continue
+        if p.offset not in cache:
+            cache.clear()
+            cache[p.offset] = p.data()
+        a, b = max(p.offset, lo), min(p.offset + p.length, hi)
+        yield a, cache[p.offset][a - p.offset : b - p.offset]
+
+
+def _overlaid(src: int, layout: Layout, lo: int, hi: int, patches: list[_Patch], cache: dict[int, bytes]) -> bytearray:
+    """Data bytes ``lo..hi`` as the output must hold them: the input's, with the patches over them."""
+    buf = bytearray(hi - lo)
+    if os.preadv(src, [buf], layout.data_start + lo) != hi - lo:
+        raise OSError(errno.EIO, f"input ended inside its data section near byte {lo}")
+    for at, data in _clipped(patches, lo, hi, cache):
+        buf[at - lo : at - lo + len(data)] = data
+    return buf
+
+
+def _chunks(layout: Layout) -> list[tuple[int, int]]:
+    return [(lo, min(lo + _SPLICE_CHUNK, layout.data_length)) for lo in range(0, layout.data_length, _SPLICE_CHUNK)]
+
+
+def _intended_chunks(src: int, layout: Layout, head: bytes, patches: list[_Patch], out: queue.Queue | None) -> str:
+    """sha256 of the header followed by the input's data with the patches applied (the output file's digest);
+    with ``out``, also hands every chunk on to :func:`_copy_and_check`, which compares the written bytes with it."""
+    h = hashlib.sha256(head)
+    cache: dict[int, bytes] = {}
+    try:
+        for lo, hi in _chunks(layout):
+            buf = _overlaid(src, layout, lo, hi, patches, cache)
+            h.update(buf)
+            if out is not None:
+                out.put(buf)
+    finally:
+        if out is not None:
+            out.put(None)  # the consumer stops at None (also after an error here, which result() re-raises)
+    return h.hexdigest()
+
+
+def _copy_and_check(src: int, dst: int, layout: Layout, head_len: int, patches: list[_Patch],
+                    expected: queue.Queue | None) -> int | None:
+    """Copy chunk by chunk in the kernel and write the patches falling in each chunk; with ``expected`` (the
+    intended chunks, in order), read each chunk back and compare. Returns the first differing data byte, or None."""
+    cache: dict[int, bytes] = {}
+    got = bytearray(min(_SPLICE_CHUNK, layout.data_length))
+    for lo, hi in _chunks(layout):
+        copy_range(src, dst, layout.data_start + lo, head_len + lo, hi - lo)
+        for at, data in _clipped(patches, lo, hi, cache):
+            write_at(dst, head_len + at, data)
+        if expected is None:
+            continue
+        want = expected.get()
+        view = memoryview(got)[: hi - lo]
+        if want is None or os.preadv(dst, [view], head_len + lo) != hi - lo or view != want:
+            _drain(expected, want)
+            return lo if want is None else lo + next((i for i in range(hi - lo) if view[i] != want[i]), 0)
+    return None
+
+
+def _drain(q: queue.Queue, last: bytearray | None) -> None:
+    """Let the producer finish after a mismatch or an error (it blocks on a full queue otherwise)."""
+    while last is not None:
+        last = q.get()
+
+
+def _check_finite(tensor: torch.Tensor, edit, scaled: torch.Tensor) -> None:
+    if scaled.is_floating_point():
+        before = tensor.index_select(edit.axis, torch.tensor(edit.units, dtype=torch.long))
+        overflow = torch.isfinite(before) & ~torch.isfinite(scaled)
+        if overflow.any():
+            _overflow(tensor, edit, before, overflow)
 
 
 def scaled_checked(t: torch.Tensor, edit) -> torch.Tensor:
@@ -176,10 +301,14 @@ def scaled_checked(t: torch.Tensor, edit) -> torch.Tensor:
         before, after = t.index_select(edit.axis, index), out.index_select(edit.axis, index)
         overflow = torch.isfinite(before) & ~torch.isfinite(after)
         if overflow.any():
-            big = before[torch.isfinite(before)].abs().max().item()
-            limit = torch.finfo(t.dtype).max
-            raise MempruneError(
-                f"--factor {edit.factor:g} overflows {t.dtype} in {edit.tensor} ({int(overflow.sum())} values become inf: "
-                f"max |w| {big:.4g} x {edit.factor:g} > {limit:.4g}): choose a factor below {limit / big:.4g}; nothing was written"
-            )
+            _overflow(t, edit, before, overflow)
     return out
+
+
+def _overflow(t: torch.Tensor, edit, before: torch.Tensor, overflow: torch.Tensor) -> None:
+    big = before[torch.isfinite(before)].abs().max().item()
+    limit = torch.finfo(t.dtype).max
+    raise MempruneError(
+        f"--factor {edit.factor:g} overflows {t.dtype} in {edit.tensor} ({int(overflow.sum())} values become inf: "
+        f"max |w| {big:.4g} x {edit.factor:g} > {limit:.4g}): choose a factor below {limit / big:.4g}; nothing was written"
+    )

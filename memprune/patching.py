@@ -59,22 +59,26 @@ class TensorEdit:
 
 
 def scale_slices(t: torch.Tensor, edit: TensorEdit) -> torch.Tensor:
-    """A new tensor equal to ``t`` with the edit applied; ``verify`` recomputes edits with this same function.
+    """A new tensor equal to ``t`` with the edit applied; ``verify`` recomputes edits with this same function."""
+    out = t.clone()
+    if not edit.units:
+        return out
+    index, scaled = scaled_part(t, edit)
+    out.index_copy_(edit.axis, index, scaled)
+    return out
+
+
+def scaled_part(t: torch.Tensor, edit: TensorEdit) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(index, slices)``: the edited slices of ``t`` (in ``edit.units`` order) after scaling.
 
     Half-precision weights are scaled in float32 and rounded once, so the result does not depend on how the
     hardware multiplies halves.
     """
-    out = t.clone()
-    if not edit.units:
-        return out
     index = torch.tensor(edit.units, dtype=torch.long)
-    part = out.index_select(edit.axis, index)
+    part = t.index_select(edit.axis, index)
     if part.dtype in (torch.float16, torch.bfloat16) or part.dtype.is_floating_point and part.element_size() == 1:
-        scaled = (part.to(torch.float32) * edit.factor).to(part.dtype)
-    else:
-        scaled = part * edit.factor
-    out.index_copy_(edit.axis, index, scaled)
-    return out
+        return index, (part.to(torch.float32) * edit.factor).to(part.dtype)
+    return index, part * edit.factor
 
 
 def plan_edits(layers: list[UnitLayer], selection: Selection, factor: float, target: str, bias: bool) -> list[TensorEdit]:
@@ -193,14 +197,12 @@ def patch(
         # on the copy path it overlaps the kernel copy of the data.
         hashing = pool.submit(checkpoint_sha256, ckpt.path)
 
-        def input_digest() -> str:
-            digest = hashing.result()
+        def accept(digest: str) -> None:
             if score_set.checkpoint_sha256 and score_set.checkpoint_sha256 != digest and not force:
                 raise MempruneError(
                     f"scores were computed on checkpoint {score_set.checkpoint_sha256[:12]}... but {ckpt_path.name} is "
                     f"{digest[:12]}...: score this checkpoint, or pass --force"
                 )
-            return digest
 
         manifest = _manifest(
             ckpt, adapter, kind, PENDING_DIGEST, score_set, scores, selection, edits, used,
@@ -211,9 +213,10 @@ def patch(
         widths = {layer.name: layer.width for layer in layers}
         result = PatchResult(out_path, None, manifest, selection, edits, per_layer, widths, dry_run=dry_run)
         if dry_run:
-            manifest["input"]["sha256"] = input_digest()
+            manifest["input"]["sha256"] = hashing.result()
+            accept(manifest["input"]["sha256"])
             return result
-        written = write_pair(ckpt, out_path, edits, manifest, input_digest, check=verify)
+        written = write_pair(ckpt, out_path, edits, manifest, hashing, accept, claimed=score_set.checkpoint_sha256, check=verify)
         result.manifest_path = written.manifest_path
     if verify:
         from memprune.verify import verify as verify_patch

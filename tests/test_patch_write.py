@@ -17,7 +17,7 @@ from reliability_helpers import cli, inputs, temporaries  # noqa: E402
 import memprune.patch_write as pw  # noqa: E402
 from memprune.errors import MempruneError, VerificationError  # noqa: E402
 from memprune.io import load_state_dict, open_checkpoint  # noqa: E402
-from memprune.io.splice import copy_range, first_difference, slice_ranges  # noqa: E402
+from memprune.io.splice import copy_range  # noqa: E402
 from memprune.patching import patch  # noqa: E402
 from memprune.verify import verify  # noqa: E402
 
@@ -43,7 +43,7 @@ def test_copy_path_equals_the_streaming_path(tmp_path, st_inputs, monkeypatch, t
     ckpt, scores = st_inputs
     calls = _count_copies(monkeypatch)
     fast = patch(ckpt, scores, output=tmp_path / "fast.safetensors", top="10%", target=target)
-    assert len(calls) == 1 and fast.verified
+    assert calls and fast.verified
     monkeypatch.setattr(pw, "_splice_layout", lambda ckpt: None)
     slow = patch(ckpt, scores, output=tmp_path / "slow.safetensors", top="10%", target=target)
     a, b = load_state_dict(tmp_path / "fast.safetensors"), load_state_dict(tmp_path / "slow.safetensors")
@@ -64,7 +64,7 @@ def test_a_wrong_byte_in_the_copy_is_caught_before_anything_is_committed(tmp_pat
         os.pwrite(dst, b"\x7f", dst_off + 5)  # pos_start, never edited
 
     monkeypatch.setattr(pw, "copy_range", corrupting)
-    with pytest.raises(VerificationError, match="differs from it at data byte 5"):
+    with pytest.raises(VerificationError, match="differs from the intended bytes at data byte 5"):
         patch(ckpt, scores, output=tmp_path / "out.safetensors", top="10%")
     assert not (tmp_path / "out.safetensors").exists() and temporaries(tmp_path) == []
 
@@ -120,13 +120,21 @@ def test_sigterm_after_the_copy_leaves_nothing(tmp_path, st_inputs):
     assert not out.exists() and temporaries(tmp_path) == []
 
 
-def test_slice_ranges_and_first_difference(tmp_path):
-    assert slice_ranges((4, 3), 4, 0, [2, 0, 1]) == [(0, 36)]
-    assert slice_ranges((4, 3), 4, 0, [3, 1]) == [(12, 24), (36, 48)]
-    assert slice_ranges((4, 3), 2, 1, [0]) == [(0, 24)]
-    a, b = tmp_path / "a", tmp_path / "b"
-    a.write_bytes(bytes(range(100)))
-    b.write_bytes(bytes(range(100))[:50] + b"\xff" + bytes(range(100))[51:])
-    assert first_difference(a, 0, b, 0, 100) == 50
-    assert first_difference(a, 0, b, 0, 100, [(48, 52)]) is None
-    assert first_difference(a, 10, b, 10, 90) == 40
+@pytest.mark.parametrize("target", ["fc1", "fc2"])
+def test_edits_spanning_copy_chunks(tmp_path, st_inputs, monkeypatch, target):
+    """Chunks smaller than a row and than a tensor: every patch is cut at chunk borders correctly."""
+    ckpt, scores = st_inputs
+    monkeypatch.setattr(pw, "_SPLICE_CHUNK", 1000)  # not a multiple of a row (64 floats = 256 bytes)
+    patch(ckpt, scores, output=tmp_path / "out.safetensors", top="30%", target=target)
+    assert verify(tmp_path / "out.safetensors", ckpt).ok
+
+
+def test_forced_scores_of_another_checkpoint_record_the_true_digest(tmp_path, st_inputs):
+    ckpt, scores = st_inputs
+    other = tmp_path / "other.safetensors"
+    other.write_bytes(ckpt.read_bytes()[:-4] + b"\x00\x00\x80\x3f")
+    result = patch(other, scores, output=tmp_path / "out.safetensors", top="10%", force=True)
+    from memprune.io import checkpoint_sha256
+
+    assert result.manifest["input"]["sha256"] == checkpoint_sha256(other) and result.manifest["intervention"]["forced_score_mismatch"]
+    assert verify(tmp_path / "out.safetensors", other).ok

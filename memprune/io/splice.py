@@ -9,15 +9,13 @@ threads beside it (hashlib releases the GIL on large buffers).
 from __future__ import annotations
 
 import errno
-import hashlib
 import json
 import os
-from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 from memprune.io.names import stripped_names
 
-__all__ = ["Layout", "read_layout", "copy_range", "write_at", "sha256_of", "first_difference", "slice_ranges"]
+__all__ = ["Layout", "read_layout", "copy_range", "write_at"]
 
 _CHUNK = 16 << 20  # bytes per read: large enough for full disk speed, small enough to keep memory flat
 _NO_KERNEL_COPY = {errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP, errno.EBADF, errno.EPERM}
@@ -74,74 +72,3 @@ def write_at(fd: int, offset: int, data: bytes | memoryview) -> None:
     while view:
         n = os.pwrite(fd, view, offset)
         view, offset = view[n:], offset + n
-
-
-def _chunks(path: str | os.PathLike, start: int = 0, length: int | None = None) -> Iterator[bytes]:
-    with open(path, "rb", buffering=0) as f:
-        f.seek(start)
-        left = length
-        while left is None or left > 0:
-            block = f.read(_CHUNK if left is None else min(_CHUNK, left))
-            if not block:
-                return
-            if left is not None:
-                left -= len(block)
-            yield block
-
-
-def sha256_of(path: str | os.PathLike) -> str:
-    """Hex sha256 of a file (run it in a thread: the hashing releases the GIL)."""
-    h = hashlib.sha256()
-    for block in _chunks(path):
-        h.update(block)
-    return h.hexdigest()
-
-
-def first_difference(a: str | os.PathLike, a_start: int, b: str | os.PathLike, b_start: int, length: int,
-                     holes: Iterable[tuple[int, int]] = ()) -> int | None:
-    """The first offset (relative to the starts) where two byte ranges differ outside ``holes``, else None.
-
-    ``holes`` are ``(begin, end)`` ranges, relative to the starts, that are expected to differ.
-    """
-    cursor = 0
-    for begin, end in [*sorted(holes), (length, length)]:
-        if begin > cursor:
-            for off, (x, y) in _paired(a, a_start + cursor, b, b_start + cursor, begin - cursor):
-                if x != y:
-                    return cursor + off + next(i for i in range(len(x)) if x[i] != y[i])
-        cursor = max(cursor, end)
-    return None
-
-
-def _paired(a, a_start: int, b, b_start: int, length: int) -> Iterator[tuple[int, tuple[bytes, bytes]]]:
-    offset = 0
-    for x, y in zip(_chunks(a, a_start, length), _chunks(b, b_start, length)):
-        if len(x) != len(y):
-            n = min(len(x), len(y))
-            yield offset, (x[:n], y[:n])
-            raise OSError(errno.EIO, "files are shorter than their headers say")
-        yield offset, (x, y)
-        offset += len(x)
-    if offset != length:
-        raise OSError(errno.EIO, "files are shorter than their headers say")
-
-
-def slice_ranges(shape: tuple[int, ...], itemsize: int, axis: int, units: Iterable[int]) -> list[tuple[int, int]]:
-    """Byte ranges (relative to the tensor's first byte) that scaling ``units`` along ``axis`` can change.
-
-    Rows (axis 0) are contiguous: one range per unit, neighbours merged. Any other axis touches the whole tensor.
-    """
-    numel = 1
-    for d in shape:
-        numel *= d
-    if axis != 0 or not shape:
-        return [(0, numel * itemsize)]
-    row = (numel // shape[0]) * itemsize if shape[0] else 0
-    ranges: list[tuple[int, int]] = []
-    for u in sorted(set(units)):
-        begin, end = u * row, (u + 1) * row
-        if ranges and ranges[-1][1] == begin:
-            ranges[-1] = (ranges[-1][0], end)
-        else:
-            ranges.append((begin, end))
-    return ranges
