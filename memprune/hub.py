@@ -15,7 +15,6 @@ are pre-uploaded before the commit, so re-running an interrupted push skips what
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import re
 from collections.abc import Iterator
