@@ -61,16 +61,18 @@ def read_safetensors_header(f: BinaryIO, size: int, name: str) -> SafetensorsHea
     Raises:
         MempruneError: the file is not a safetensors file, is truncated, or its header is inconsistent.
     """
-    prefix = f.read(8)
+    prefix = f.read(9)
+    n = int.from_bytes(prefix[:8], "little")
+    plausible = len(prefix) == 9 and prefix[8:9] == b"{" and 8 + n <= size
     kind = sniff(prefix)
-    if kind != "other":
+    if not plausible and kind != "other":  # a safetensors length can start with the same bytes as a pickle
         raise MempruneError(
             f"{name} is named .safetensors but holds a torch {'zip' if kind == 'zip' else 'pickle'} checkpoint: "
             f"rename it to .pth, or convert it with `memprune convert {name} model.safetensors`"
         )
     if len(prefix) < 8:
         raise _invalid(name, f"only {len(prefix)} bytes long")
-    n = int.from_bytes(prefix, "little")
+    f.seek(8)
     if n > MAX_HEADER_BYTES:
         raise _invalid(name, f"header length {n} exceeds the {MAX_HEADER_BYTES}-byte limit")
     if 8 + n > size:
