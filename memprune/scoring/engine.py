@@ -278,8 +278,8 @@ def score(
 
         check_output_path(out_path, None if isinstance(checkpoint, IARModel) else checkpoint, tokenizer)
         check_output_file(out_path, "score output")
-    records, data_desc = select_images(data, class_index=class_index, fraction=fraction, per_class=per_class, seed=seed)
     device = resolve_device(device)
+    records, data_desc = select_images(data, class_index=class_index, fraction=fraction, per_class=per_class, seed=seed)
     dist_info = D.init_distributed(device)
     try:
         return _run(checkpoint, tokenizer, records, data_desc, out_path, layer_kinds, n_augs, augment, batch_size,
