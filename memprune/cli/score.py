@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import glob
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -76,10 +77,11 @@ def _progress(enabled: bool) -> Iterator:
 
 def _interrupted(output: Path, every: int) -> None:
     """Ctrl-C: say what was kept. With --checkpoint-every the resume file stays on purpose."""
-    if every:
+    kept = sorted(output.parent.glob(f"{glob.escape(output.name)}*.partial.safetensors")) if every else []
+    if kept:
         err_console.print(
-            f"[bold red]interrupted[/]: no score file was written; the last checkpoint beside {output} is kept: "
-            "rerun the same command with --resume to continue",
+            f"[bold red]interrupted[/]: no score file was written; the scoring checkpoint {kept[0]} is kept on "
+            "purpose: rerun the same command with --resume to continue",
             highlight=False, soft_wrap=True,
         )
     else:
