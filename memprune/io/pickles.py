@@ -55,7 +55,10 @@ def load_pickle(path: str | os.PathLike) -> object:
         with torch.serialization.safe_globals([argparse.Namespace]):
             return torch.load(path, map_location="cpu", weights_only=True, mmap=use_mmap)
     except pickle.UnpicklingError as exc:
-        offending = [g for g in list_pickle_globals(path) if not g.startswith(_BENIGN_PREFIXES)]
+        found = list_pickle_globals(path)
+        if not found:  # no global at all: not a pickle that needs code, just bytes that are not a checkpoint
+            raise _unreadable(path, exc) from None
+        offending = [g for g in found if not g.startswith(_BENIGN_PREFIXES)]
         if not offending:  # the weights-only unpickler refused something we did not spot; show its reason
             offending = [str(exc).splitlines()[0][:200]]
         raise UnsafeCheckpointError(
@@ -68,11 +71,16 @@ def load_pickle(path: str | os.PathLike) -> object:
             f"{shown(path)} nests its contents too deeply to be a state dict: save model.state_dict() instead"
         ) from None
     except Exception as exc:  # noqa: BLE001 - torch.load's failure types are open-ended; all mean "not readable"
-        first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
-        raise MempruneError(
-            f"cannot read {shown(path)} as a torch checkpoint ({first}); the file may be truncated or not a "
-            "checkpoint: download it again"
-        ) from None
+        raise _unreadable(path, exc) from None
+
+
+def _unreadable(path: Path, exc: BaseException) -> MempruneError:
+    text = " ".join(str(exc).split())
+    first = text.split(". ")[0][:160] if text else type(exc).__name__  # torch appends paragraphs of advice
+    return MempruneError(
+        f"cannot read {shown(path)} as a torch checkpoint ({first}); the file may be truncated or not a "
+        "checkpoint: download it again"
+    )
 
 
 def list_pickle_globals(path: str | os.PathLike) -> list[str]:

@@ -163,3 +163,15 @@ def test_valid_checkpoint_still_reads_the_same(tmp_path):
     with open_checkpoint(path) as ckpt:
         assert ckpt.keys() == list(state)
         assert all(torch.equal(ckpt.get(k), v) for k, v in state.items())
+
+
+def test_random_bytes_named_pth_are_unreadable_not_unsafe(tmp_path):
+    (tmp_path / "m.pth").write_bytes(bytes(range(256)) * 4)
+    line = assert_one_line(invoke("inspect", tmp_path / "m.pth"), "cannot read", "as a torch checkpoint")
+    assert "unsafe" not in line
+
+
+def test_damaged_zip_named_pth(tmp_path):
+    (tmp_path / "m.pth").write_bytes(b"PK\x03\x04" + bytes(300))
+    line = assert_one_line(invoke("inspect", tmp_path / "m.pth"), "cannot read")
+    assert len(line) < 400

@@ -160,3 +160,15 @@ def test_tampered_resume_state_is_refused(tmp_path, change, needle):
     with pytest.raises(MempruneError, match="damaged or was edited") as info:
         score(tiny, folder, augment=False, batch_size=2, output=out, checkpoint_every=1, resume=True)
     assert needle in str(info.value) and not out.exists()
+
+
+def test_merge_refuses_a_damaged_shard_record(tmp_path):
+    from memprune.scores import ScoreSet, save_scores
+
+    for i, shard in enumerate(["x", {"index": 0, "count": 2}]):
+        stats = {"max.l": torch.ones(1, 4), "argmax.l": torch.zeros(1, 4, dtype=torch.long),
+                 "sum.l": torch.ones(1, 4, dtype=torch.float64), "ties.l": torch.zeros(1, 4, dtype=torch.int32),
+                 "count": torch.tensor([1])}
+        save_scores(ScoreSet({"l": torch.rand(1, 4)}, ["all"], stats=stats, info={"shard": shard}), tmp_path / f"p{i}.safetensors")
+    res = invoke("merge", tmp_path / "p0.safetensors", tmp_path / "p1.safetensors", "-o", tmp_path / "m.safetensors")
+    assert_one_line(res, "not a valid i/n pair")
