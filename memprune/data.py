@@ -157,7 +157,11 @@ def load_records(data: str | os.PathLike, class_index: str | os.PathLike | None 
     if not root.exists():
         raise MempruneError(f"data {root} does not exist: give an image folder (one sub-folder per class) or a CSV")
     if root.is_dir():
-        records, classes = _folder_records(root, mapping)
+        try:
+            records, classes = _folder_records(root, mapping)
+        except OSError as exc:  # an unreadable sub-folder, a dangling mount
+            where = shown(exc.filename) if exc.filename else shown(root)
+            raise MempruneError(f"cannot list the images under {where} ({exc.strerror}): check its permissions") from None
     elif root.suffix.lower() == ".csv":
         records, classes = _csv_records(root, mapping)
     else:
