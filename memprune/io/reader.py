@@ -291,7 +291,12 @@ def _unwrap(obj: object, path: Path, depth: int = 0) -> tuple[dict[str, torch.Te
     if isinstance(obj, dict):
         for key in _CONTAINER_KEYS:
             inner = obj.get(key)
-            if isinstance(inner, dict) and depth < _MAX_NESTING:
+            if isinstance(inner, dict) and depth >= _MAX_NESTING:
+                raise MempruneError(
+                    f"{shown(path)} wraps its weights more than {_MAX_NESTING} levels deep ({key}/{key}/...): "
+                    "save model.state_dict() instead"
+                )
+            if isinstance(inner, dict):
                 state, sub, _ = _unwrap(inner, path, depth + 1)
                 dropped = [str(k) for k in obj if k != key]
                 return state, key if sub is None else f"{key}.{sub}", dropped
