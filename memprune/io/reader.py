@@ -7,7 +7,6 @@ dict: names, shapes and dtypes without loading data, and one tensor at a time on
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -150,7 +149,8 @@ class Checkpoint:
             shard_meta = self._open_safetensors(shard_path)
             if not self.metadata:
                 self.metadata = dict(shard_meta)
-        missing = [k for k, f in index.weight_map.items() if (self.path.parent / f, k) not in self._where.values()]
+        found = set(self._where.values())
+        missing = [k for k, f in index.weight_map.items() if (self.path.parent / f, k) not in found]
         if missing:
             raise MempruneError(f"{shown(self.path.name)} lists {missing[0]} but its shard does not contain it: the index is stale")
 
