@@ -66,7 +66,11 @@ def load_partial(
     """
     if not path.exists():
         return None
-    with open_checkpoint(path) as ckpt:
+    try:
+        ckpt = open_checkpoint(path)
+    except MempruneError as exc:  # the resume file is ours: the fix is to start over, not to download anything
+        raise MempruneError(f"cannot resume from {path}: {str(exc).split(';')[0]}; delete it to start over") from None
+    with ckpt:
         meta = ckpt.metadata
         if meta.get("memprune.kind") != KIND:
             raise MempruneError(f"{path} is not a memprune scoring checkpoint: move it away or drop --resume")

@@ -172,3 +172,13 @@ def test_merge_refuses_a_damaged_shard_record(tmp_path):
         save_scores(ScoreSet({"l": torch.rand(1, 4)}, ["all"], stats=stats, info={"shard": shard}), tmp_path / f"p{i}.safetensors")
     res = invoke("merge", tmp_path / "p0.safetensors", tmp_path / "p1.safetensors", "-o", tmp_path / "m.safetensors")
     assert_one_line(res, "not a valid i/n pair")
+
+
+def test_garbage_resume_file_says_start_over(tmp_path):
+    from memprune.scoring import score
+
+    tiny, folder, out, partial = _killed_run(tmp_path)
+    partial.write_bytes(b"\x05\x00\x00\x00\x00\x00\x00\x00{}")
+    with pytest.raises(MempruneError, match="cannot resume from .*delete it to start over") as info:
+        score(tiny, folder, augment=False, batch_size=2, output=out, resume=True)
+    assert "download" not in str(info.value)
