@@ -50,8 +50,9 @@ def resolve_checkpoint_path(path: str | os.PathLike) -> Path:
             resolve_hf_uri,  # imported lazily: the Hub client is only needed here
         )
 
-        return resolve_hf_uri(text)
-    p = Path(path)
+        p = resolve_hf_uri(text)
+    else:
+        p = Path(path)
     if not p.exists():
         raise MempruneError(f"checkpoint {shown(p)} does not exist: check the path")
     if p.is_dir():
