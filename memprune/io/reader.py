@@ -70,12 +70,25 @@ def resolve_checkpoint_path(path: str | os.PathLike) -> Path:
     return p
 
 
+_HEADERS: dict[tuple[int, int, int, int], SafetensorsHeader] = {}  # (dev, inode, size, mtime) -> parsed header
+
+
 def read_header(file: Path) -> SafetensorsHeader:
-    """The validated header of a safetensors file (see :func:`memprune.io.formats.read_safetensors_header`)."""
+    """The validated header of a safetensors file (see :func:`memprune.io.formats.read_safetensors_header`).
+
+    Parsed once per file version: resolving a path and opening it both need the header, and memprune's writers
+    replace files by rename (a new inode), so a cached header never outlives its file.
+    """
     check_input_file(file, "checkpoint")
     try:
         with open(file, "rb") as f:
-            return read_safetensors_header(f, os.fstat(f.fileno()).st_size, shown(file))
+            st = os.fstat(f.fileno())
+            version = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+            if version not in _HEADERS:
+                if len(_HEADERS) >= 16:
+                    _HEADERS.clear()
+                _HEADERS[version] = read_safetensors_header(f, st.st_size, shown(file))
+            return _HEADERS[version]
     except OSError as exc:
         raise MempruneError(f"cannot read {shown(file)} ({exc.strerror}): check its permissions") from None
 
