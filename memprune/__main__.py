@@ -1,6 +1,6 @@
 """``python -m memprune`` (also what ``torchrun -m memprune score ...`` runs on every rank)."""
 
-from memprune.cli import main
+from memprune._entry import main
 
 if __name__ == "__main__":
     main()

@@ -11,32 +11,15 @@ Sources (:func:`load_records`):
 * a CSV file with the header ``path,label``; paths are relative to the CSV's folder (or absolute); a label
   is an integer class id, or a class name when a class index is given.
 
-Views (:class:`ViewPipeline`), all returning float ``[3, res, res]`` in [0, 1]:
-
-* ``var``: the VAR training view: shorter side to ``round(1.125 * res)`` with PIL LANCZOS (long side
-  truncated, as torchvision's ``Resize``), then a random ``res`` crop; no flip.
-* ``rar``: the ten-crop views of RAR's pretokenization script: ADM ``center_crop_arr(int(1.1 * res))``
-  (BOX halving while the short side is at least twice the target, then BICUBIC), then the centre crop, its
-  flip, the four corner crops and their flips, enumerated in that order (augmentation k uses view k mod 10,
-  so ``--augs 2`` is centre + flip and ``--augs 10`` is the full ten-crop set; the seed is not used).
-* no augmentation (``augment=False``, any architecture): shorter side to ``res`` with LANCZOS, then the
-  centre crop. An image whose shorter side already equals ``res`` is not resampled, so an image at the model
-  resolution goes in unchanged.
-
-Every pipeline resizes the shorter side to at least the crop size first, so an image smaller than the crop
-is upscaled (LANCZOS / BICUBIC) rather than padded. Grayscale, palette, CMYK and RGBA images are converted
-to RGB with PIL's ``convert("RGB")`` (alpha is dropped, as in torchvision's loader). Random crops draw from a
-generator seeded by ``(seed, image id, augmentation index)`` through SHA-256, so a view never depends on
-batch composition, shard or rank, and a resumed run sees the same views.
+Views (:class:`ViewPipeline`) and the one image loader (:func:`load_image`) live in :mod:`memprune.data_views`
+and are importable from here.
 """
 
 from __future__ import annotations
 
 import csv
-import hashlib
 import json
 import os
-import random
 import re
 from collections import Counter
 from collections.abc import Sequence
@@ -44,13 +27,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
-from PIL import Image, UnidentifiedImageError
 
+from memprune.data_views import VIEW_KINDS, ViewPipeline, load_image, to_tensor, view_seed
 from memprune.errors import MempruneError
+from memprune.io.paths import check_input_file, shown
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp", ".jxl")
-VIEW_KINDS = ("var", "rar", "center")
 
 __all__ = [
     "ImageRecord",
@@ -65,6 +47,7 @@ __all__ = [
     "view_seed",
     "class_counts",
     "check_labels",
+    "VIEW_KINDS",
 ]
 
 
@@ -107,7 +90,7 @@ def read_class_index(path: str | os.PathLike) -> dict[str, int]:
     Raises:
         MempruneError: unreadable file, unknown layout, or a name given twice.
     """
-    p = Path(path)
+    p = check_input_file(path, "class index")
     try:
         text = p.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
@@ -117,6 +100,8 @@ def read_class_index(path: str | os.PathLike) -> dict[str, int]:
             obj = json.loads(text)
         except json.JSONDecodeError as exc:
             raise MempruneError(f"class index {p} is not valid JSON ({exc.msg} at line {exc.lineno})") from None
+        except RecursionError:
+            raise MempruneError(f"class index {p} nests JSON too deeply: give a flat name -> id map") from None
         pairs = _json_pairs(obj, p)
     else:
         pairs = _text_pairs(text)
@@ -172,7 +157,11 @@ def load_records(data: str | os.PathLike, class_index: str | os.PathLike | None 
     if not root.exists():
         raise MempruneError(f"data {root} does not exist: give an image folder (one sub-folder per class) or a CSV")
     if root.is_dir():
-        records, classes = _folder_records(root, mapping)
+        try:
+            records, classes = _folder_records(root, mapping)
+        except OSError as exc:  # an unreadable sub-folder, a dangling mount
+            where = shown(exc.filename) if exc.filename else shown(root)
+            raise MempruneError(f"cannot list the images under {where} ({exc.strerror}): check its permissions") from None
     elif root.suffix.lower() == ".csv":
         records, classes = _csv_records(root, mapping)
     else:
@@ -207,14 +196,12 @@ def _folder_records(root: Path, mapping: dict[str, int] | None) -> tuple[list[Im
 
 
 def _csv_records(path: Path, mapping: dict[str, int] | None) -> tuple[list[ImageRecord], dict[str, int]]:
-    with open(path, newline="", encoding="utf-8") as f:
-        reader = csv.DictReader(f)
-        if reader.fieldnames is None or not {"path", "label"} <= {h.strip() for h in reader.fieldnames}:
-            raise MempruneError(f"{path} must start with the header line 'path,label' (found {reader.fieldnames})")
-        rows = [{k.strip(): (v or "").strip() for k, v in row.items() if k} for row in reader]
+    rows = _read_csv_rows(path)
     records, classes, seen = [], {}, set()
     for line, row in enumerate(rows, start=2):
         label = _csv_label(row["label"], mapping, path, line)
+        if not row["path"]:
+            raise MempruneError(f"{shown(path)} line {line}: the path is empty: give each image's path")
         image = Path(row["path"])
         full = image if image.is_absolute() else path.parent / image
         rid = image.as_posix()
@@ -224,6 +211,32 @@ def _csv_records(path: Path, mapping: dict[str, int] | None) -> tuple[list[Image
         classes[row["label"]] = label
         records.append(ImageRecord(full, label, rid))
     return records, classes
+
+
+def _read_csv_rows(path: Path) -> list[dict[str, str]]:
+    """The rows of a ``path,label`` CSV as stripped strings; encoding and quoting errors become one line."""
+    check_input_file(path, "data CSV")
+    try:
+        with open(path, newline="", encoding="utf-8") as f:
+            reader = csv.DictReader(f)
+            try:
+                header = reader.fieldnames
+                if header is None or not {"path", "label"} <= {h.strip() for h in header}:
+                    raise MempruneError(f"{shown(path)} must start with the header line 'path,label' (found {header})")
+                return [{k.strip(): (v or "").strip() if isinstance(v, str) else "" for k, v in row.items() if k}
+                        for row in reader]
+            except csv.Error as exc:  # e.g. a field over csv.field_size_limit(): usually an unclosed quote
+                raise MempruneError(
+                    f"{shown(path)} line {reader.line_num}: malformed CSV ({exc}); an unclosed quote swallows the "
+                    "lines after it: fix the quoting"
+                ) from None
+    except UnicodeDecodeError as exc:
+        raise MempruneError(
+            f"{shown(path)} is not UTF-8 text (byte {exc.object[exc.start]:#04x} at offset {exc.start}): "
+            "save the CSV as UTF-8"
+        ) from None
+    except OSError as exc:
+        raise MempruneError(f"cannot read {shown(path)} ({exc.strerror}): check the path and its permissions") from None
 
 
 def _csv_label(text: str, mapping: dict[str, int] | None, path: Path, line: int) -> int:
@@ -276,134 +289,6 @@ def balanced_subset(
         chosen = rng.choice(len(idx), size=min(k, len(idx)), replace=False)
         keep += [idx[j] for j in chosen]
     return [records[i] for i in sorted(keep)]
-
-
-# ---------------------------------------------------------------------------------------------- images
-def load_image(path: str | os.PathLike) -> Image.Image:
-    """Open an image fully and convert it to RGB.
-
-    Raises:
-        MempruneError: naming the file when it is missing, not an image, or truncated.
-    """
-    p = Path(path)
-    try:
-        with Image.open(p) as img:
-            img.load()
-            if img.mode == "P" and "transparency" in img.info:
-                img = img.convert("RGBA")  # PIL warns on palette+transparency straight to RGB
-            return img.convert("RGB")
-    except FileNotFoundError:
-        raise MempruneError(f"image {p} does not exist: fix the data list or restore the file") from None
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
-        raise MempruneError(f"cannot read image {p} ({type(exc).__name__}: {exc}): remove or replace the file") from None
-
-
-def to_tensor(img: Image.Image) -> torch.Tensor:
-    """RGB PIL image -> float32 ``[3, H, W]`` in [0, 1] (uint8 / 255, as torchvision's ToTensor)."""
-    arr = np.asarray(img, dtype=np.uint8)
-    return torch.from_numpy(arr.copy()).permute(2, 0, 1).float().div_(255)
-
-
-def view_seed(seed: int, image_id: str, aug: int) -> int:
-    """A 64-bit seed from (seed, image id, augmentation index), stable across processes and platforms."""
-    digest = hashlib.sha256(f"{seed}\x00{image_id}\x00{aug}".encode()).digest()
-    return int.from_bytes(digest[:8], "little")
-
-
-def _resize_shorter(img: Image.Image, size: int, resample: int) -> Image.Image:
-    w, h = img.size
-    if min(w, h) == size:
-        return img
-    # torchvision Resize(int): the shorter side becomes `size`, the longer int(size * long / short) (truncated).
-    if w <= h:
-        new = (size, int(size * h / w))
-    else:
-        new = (int(size * w / h), size)
-    return img.resize(new, resample=resample)
-
-
-def _crop(img: Image.Image, top: int, left: int, size: int) -> Image.Image:
-    return img.crop((left, top, left + size, top + size))
-
-
-def _center(img: Image.Image, size: int) -> Image.Image:
-    w, h = img.size
-    return _crop(img, int(round((h - size) / 2.0)), int(round((w - size) / 2.0)), size)
-
-
-def _center_crop_arr(img: Image.Image, size: int) -> Image.Image:
-    """ADM's ``center_crop_arr``: BOX-halve while the short side >= 2 size, BICUBIC to size, centre crop."""
-    while min(img.size) >= 2 * size:
-        img = img.resize(tuple(x // 2 for x in img.size), resample=Image.Resampling.BOX)
-    scale = size / min(img.size)
-    img = img.resize(tuple(round(x * scale) for x in img.size), resample=Image.Resampling.BICUBIC)
-    w, h = img.size
-    top, left = (h - size) // 2, (w - size) // 2
-    return _crop(img, top, left, size)
-
-
-@dataclass(frozen=True)
-class ViewPipeline:
-    """How an image becomes one model input view.
-
-    Attributes:
-        kind: ``var``, ``rar`` (training augmentations) or ``center`` (no augmentation).
-        resolution: the model's image size.
-        seed: base seed of the random crops.
-    """
-
-    kind: str
-    resolution: int
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        if self.kind not in VIEW_KINDS:
-            raise MempruneError(f"unknown view pipeline {self.kind!r}: choose one of {', '.join(VIEW_KINDS)}")
-        if self.resolution <= 0:
-            raise MempruneError(f"resolution {self.resolution} must be positive")
-
-    @classmethod
-    def for_arch(cls, arch: str, resolution: int, *, augment: bool = True, seed: int = 0) -> ViewPipeline:
-        """The training views of ``arch`` (var or rar; others fall back to var's), or the centre view."""
-        if not augment:
-            return cls("center", resolution, seed)
-        return cls("rar" if arch == "rar" else "var", resolution, seed)
-
-    def describe(self) -> str:
-        res = self.resolution
-        if self.kind == "var":
-            return f"var: shorter side {round(1.125 * res)} (LANCZOS) + seeded random crop {res}, no flip"
-        if self.kind == "rar":
-            return f"rar: center_crop_arr({int(1.1 * res)}) + ten-crop {res} (view = aug index mod 10)"
-        return f"center: shorter side {res} (LANCZOS, skipped when already {res}) + centre crop {res}"
-
-    def view(self, img: Image.Image, image_id: str, aug: int = 0) -> torch.Tensor:
-        """View number ``aug`` of an RGB image as float ``[3, res, res]`` in [0, 1]."""
-        res = self.resolution
-        if self.kind == "center":
-            return to_tensor(_center(_resize_shorter(img, res, Image.Resampling.LANCZOS), res))
-        if self.kind == "var":
-            big = _resize_shorter(img, round(1.125 * res), Image.Resampling.LANCZOS)
-            rng = random.Random(view_seed(self.seed, image_id, aug))
-            w, h = big.size
-            top, left = rng.randint(0, h - res), rng.randint(0, w - res)
-            return to_tensor(_crop(big, top, left, res))
-        return to_tensor(self._ten_crop(img, aug % 10))
-
-    def _ten_crop(self, img: Image.Image, k: int) -> Image.Image:
-        res = self.resolution
-        big = _center_crop_arr(img, int(1.1 * res))
-        s = big.size[0]
-        # centre, then the four corners (top-left, top-right, bottom-left, bottom-right); odd k = mirrored.
-        spots = [(int(round((s - res) / 2.0)),) * 2, (0, 0), (0, s - res), (s - res, 0), (s - res, s - res)]
-        top, left = spots[k // 2]
-        out = _crop(big, top, left, res)
-        return out.transpose(Image.Transpose.FLIP_LEFT_RIGHT) if k % 2 else out
-
-    def load(self, record: ImageRecord, augs: int) -> torch.Tensor:
-        """Read a record once and return its ``augs`` views, ``[augs, 3, res, res]``."""
-        img = load_image(record.path)
-        return torch.stack([self.view(img, record.id, a) for a in range(augs)])
 
 
 def class_counts(records: Sequence[ImageRecord]) -> dict[int, int]:

@@ -15,7 +15,6 @@ are pre-uploaded before the commit, so re-running an interrupted push skips what
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import re
 from collections.abc import Iterator
@@ -188,11 +187,14 @@ def _commit_of(local: Path, path_in_repo: str) -> str | None:
 
 
 def _shards_of(index_path: Path, uri: str) -> list[str]:
+    # The same strict parser as local indexes: a shard named "../x" would otherwise be fetched from outside the folder.
+    from memprune.io.formats import parse_index
+
     try:
-        weight_map = json.loads(Path(index_path).read_text(encoding="utf-8"))["weight_map"]
-        return sorted(set(weight_map.values()))
-    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
-        raise MempruneError(f"{uri} is not a valid safetensors index ({exc}): it needs a weight_map") from None
+        raw = Path(index_path).read_bytes()
+    except OSError as exc:
+        raise MempruneError(f"cannot read {uri} ({exc.strerror}): download it again") from None
+    return parse_index(raw, uri).shards
 
 
 def _download(ref: HubRef, revision: str | None, *, required: bool, endpoint, token, cache_dir) -> Path | None:

@@ -45,7 +45,10 @@ def report_cmd(
 
     from memprune.scoring.report import build_report, write_report
 
+    from memprune.io.paths import check_output_dir
+
     setup_logging(quiet, verbose)
+    check_output_dir(output, "report output")  # before any work: a bad -o fails at once
     report = build_report(scores, top=top, top_images=images)
     files = write_report(report, output)
     if fmt is OutputFormat.json:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import glob
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -47,18 +48,45 @@ class _RateColumn(ProgressColumn):
 
 @contextlib.contextmanager
 def _progress(enabled: bool) -> Iterator:
+    """A progress callback whose bar appears only once scoring has started.
+
+    Nothing is drawn while options, data and models are checked, so an error is the only line printed; the bar
+    is transient, so an error or Ctrl-C during scoring is not preceded by a stale bar.
+    """
     if not enabled:
         yield None
         return
     columns = (TextColumn("scoring"), BarColumn(), MofNCompleteColumn(), _RateColumn(), TextColumn("ETA"),
                TimeRemainingColumn())
-    with Progress(*columns, console=err_console, transient=False) as bar:
-        task = bar.add_task("score", total=None)
+    bar = Progress(*columns, console=err_console, transient=True)
+    task = None
 
-        def update(done: int, total: int) -> None:
-            bar.update(task, completed=done, total=total)
+    def update(done: int, total: int) -> None:
+        nonlocal task
+        if task is None:
+            bar.start()
+            task = bar.add_task("score", total=total)
+        bar.update(task, completed=done, total=total)
 
+    try:
         yield update
+    finally:
+        if task is not None:
+            bar.stop()
+
+
+def _interrupted(output: Path, every: int) -> None:
+    """Ctrl-C: say what was kept. With --checkpoint-every the resume file stays on purpose."""
+    kept = sorted(output.parent.glob(f"{glob.escape(output.name)}*.partial.safetensors")) if every else []
+    if kept:
+        err_console.print(
+            f"[bold red]interrupted[/]: no score file was written; the scoring checkpoint {kept[0]} is kept on "
+            "purpose: rerun the same command with --resume to continue",
+            highlight=False, soft_wrap=True,
+        )
+    else:
+        err_console.print("[bold red]interrupted[/]: no score file was written (nothing partial is left behind)")
+    raise typer.Exit(130)
 
 
 @app.command(
@@ -101,13 +129,16 @@ def score_cmd(
 
     setup_logging(quiet, verbose)
     show = not quiet and fmt is OutputFormat.table and int(os.environ.get("RANK", "0")) == 0
-    with _progress(show) as progress:
-        result = score(
-            checkpoint, data, tokenizer=tokenizer, output=output, class_index=class_index, fraction=fraction,
-            per_class=per_class, augs=augs, augment=not no_augment, layers=layers, batch_size=batch_size,
-            device=device, dtype=dtype, seed=seed, resume=resume, checkpoint_every=checkpoint_every, shard=shard,
-            arch=arch, workers=workers, progress=progress,
-        )  # fmt: skip
+    try:
+        with _progress(show) as progress:
+            result = score(
+                checkpoint, data, tokenizer=tokenizer, output=output, class_index=class_index, fraction=fraction,
+                per_class=per_class, augs=augs, augment=not no_augment, layers=layers, batch_size=batch_size,
+                device=device, dtype=dtype, seed=seed, resume=resume, checkpoint_every=checkpoint_every, shard=shard,
+                arch=arch, workers=workers, progress=progress,
+            )  # fmt: skip
+    except KeyboardInterrupt:
+        _interrupted(output, checkpoint_every)
     if result.output is None:  # a non-zero rank under torchrun: rank 0 reports
         return
     if fmt is OutputFormat.json:

@@ -221,7 +221,9 @@ def run_demo(
     from memprune.evaluators.audit_report import make_grid, save_extracted_images
     from memprune.io import checkpoint_sha256
     from memprune.models.var import load_var
+    from memprune.io.paths import check_output_dir
     from memprune.patching import check_factor, patch
+    from memprune.selection import parse_top
     from memprune.scoring.engine import score
     from memprune.scoring.report import build_report, write_report
 
@@ -229,10 +231,9 @@ def run_demo(
     check_factor(factor)
     if augs < 1:
         raise MempruneError(f"augs={augs} must be at least 1")
+    parse_top(top)  # validated before anything is created: a bad --top must not leave a folder behind
     data = assets if isinstance(assets, DemoAssets) else load_demo_assets(assets)
-    out = Path(output)
-    if out.exists() and not out.is_dir():
-        raise MempruneError(f"--output {out} is a file: give a folder (it is created if missing)")
+    out = check_output_dir(output, "--output")
     out.mkdir(parents=True, exist_ok=True)
     _clear_own_outputs(out)
     if sscd is None:

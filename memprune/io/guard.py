@@ -15,6 +15,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from memprune.errors import MempruneError
+from memprune.io.paths import _KINDS, check_output_file
 
 __all__ = ["check_output", "checkpoint_files"]
 
@@ -53,13 +54,7 @@ def check_output(
         allowed = (suffix,) if isinstance(suffix, str) else tuple(suffix)
         if not out.name.endswith(allowed) or out.name in allowed:
             raise MempruneError(f"{what} {out} must end in {' or '.join(allowed)}: that is the format written; rename the -o path")
-    parent = out.parent
-    if not parent.exists():
-        raise MempruneError(f"{what} folder {parent} does not exist: create it first or choose another -o path")
-    if not parent.is_dir():
-        raise MempruneError(f"{what} folder {parent} is a file, not a folder: choose another -o path")
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise MempruneError(f"{what} folder {parent} is not writable: choose another -o path or fix its permissions")
+    check_output_file(out, what)  # the folder exists, is a folder and is writable (one copy of those checks)
     try:
         st = os.stat(out)
     except FileNotFoundError:
@@ -138,13 +133,7 @@ def _inside(folder: Path, ident: tuple[int, int], dev: int) -> Path | None:
 
 
 def _kind(mode: int) -> str:
-    if stat.S_ISFIFO(mode):
-        return "FIFO (named pipe)"
-    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
-        return "device node"
-    if stat.S_ISSOCK(mode):
-        return "socket"
-    return "special file"
+    return next((name for test, name in _KINDS if test(mode)), "special file")
 
 
 def _first(suffix: str | Sequence[str] | None, default: str) -> str:

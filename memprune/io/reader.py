@@ -7,24 +7,23 @@ dict: names, shapes and dtypes without loading data, and one tensor at a time on
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import safe_open
 
 from memprune.errors import MempruneError
-from memprune.io.names import stripped_names
+from memprune.io.formats import SafetensorsHeader, ShardIndex, TensorEntry, parse_index, read_safetensors_header
+from memprune.io.names import strip_prefixes, stripped_names
+from memprune.io.paths import check_input_file, shown
 from memprune.io.pickles import load_pickle
 
 PICKLE_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt", ".pkl")
 # Wrapper keys seen in the wild, in order of preference. Training checkpoints keep optimizer state and args
 # beside the weights; LlamaGen uses {"model": ...}; DDP/compile leave prefixes on the keys themselves.
 _CONTAINER_KEYS = ("model", "state_dict", "module", "model_ema", "state_dict_ema", "ema")
-_KEY_PREFIXES = ("module.", "_orig_mod.")
 
 _ST_TO_TORCH: dict[str, torch.dtype] = {
     "F64": torch.float64,
@@ -51,19 +50,57 @@ def resolve_checkpoint_path(path: str | os.PathLike) -> Path:
             resolve_hf_uri,  # imported lazily: the Hub client is only needed here
         )
 
-        return resolve_hf_uri(text)
-    p = Path(path)
+        p = resolve_hf_uri(text)
+    else:
+        p = Path(path)
     if not p.exists():
-        raise MempruneError(f"checkpoint {p} does not exist: check the path")
+        raise MempruneError(f"checkpoint {shown(p)} does not exist: check the path")
     if p.is_dir():
         indexes = sorted(p.glob("*.safetensors.index.json"))
         singles = sorted(p.glob("*.safetensors"))
         if len(indexes) == 1:
-            return indexes[0]
-        if len(singles) == 1:
-            return singles[0]
-        raise MempruneError(f"{p} is a folder without exactly one safetensors checkpoint or index: pass the file itself")
+            p = indexes[0]
+        elif len(singles) == 1:
+            p = singles[0]
+        else:
+            raise MempruneError(f"{shown(p)} is a folder without exactly one safetensors checkpoint or index: pass the file itself")
+    check_input_file(p, "checkpoint")
+    if p.name.endswith(".safetensors"):
+        read_header(p)  # the content decides: a pickle or garbage named .safetensors is refused here
     return p
+
+
+_HEADERS: dict[tuple[int, int, int, int], SafetensorsHeader] = {}  # (dev, inode, size, mtime) -> parsed header
+
+
+def read_header(file: Path) -> SafetensorsHeader:
+    """The validated header of a safetensors file (see :func:`memprune.io.formats.read_safetensors_header`).
+
+    Parsed once per file version: resolving a path and opening it both need the header, and memprune's writers
+    replace files by rename (a new inode), so a cached header never outlives its file.
+    """
+    check_input_file(file, "checkpoint")
+    try:
+        with open(file, "rb") as f:
+            st = os.fstat(f.fileno())
+            version = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+            if version not in _HEADERS:
+                if len(_HEADERS) >= 16:
+                    _HEADERS.clear()
+                _HEADERS[version] = read_safetensors_header(f, st.st_size, shown(file))
+            return _HEADERS[version]
+    except OSError as exc:
+        raise MempruneError(f"cannot read {shown(file)} ({exc.strerror}): check its permissions") from None
+
+
+def read_index(file: Path) -> ShardIndex:
+    """The validated content of a ``*.safetensors.index.json`` (shards confined to its folder)."""
+    check_input_file(file, "safetensors index")
+    try:
+        raw = file.read_bytes()
+    except OSError as exc:
+        raise MempruneError(f"cannot read {shown(file)} ({exc.strerror}): check its permissions") from None
+    return parse_index(raw, shown(file))
 
 
 class Checkpoint:
@@ -82,8 +119,7 @@ class Checkpoint:
         self.metadata: dict[str, str] = {}
         self.container: str | None = None
         self.dropped: list[str] = []
-        self._handles: dict[Path, Any] = {}
-        self._layout: dict[Path, tuple[int, dict[str, Any]]] = {}  # file -> (first data byte, parsed header)
+        self._layout: dict[Path, tuple[int, dict[str, TensorEntry]]] = {}  # file -> (first data byte, tensors)
         self._files: dict[Path, Any] = {}
         self._where: dict[str, tuple[Path, str]] = {}  # our key -> (file, key inside that file)
         self._tensors: dict[str, torch.Tensor] | None = None
@@ -93,8 +129,7 @@ class Checkpoint:
             self._open_sharded()
         elif name.endswith(".safetensors"):
             self.format = "safetensors"
-            self._open_safetensors(self.path)
-            self.metadata = dict(self._handles[self.path].metadata() or {})
+            self.metadata = self._open_safetensors(self.path)
         elif name.endswith(PICKLE_SUFFIXES):
             self.format = "pickle"
             self._open_pickle()
@@ -105,45 +140,34 @@ class Checkpoint:
             )
 
     # -- opening -------------------------------------------------------------------------------------------
-    def _open_safetensors(self, file: Path) -> Any:
-        try:
-            handle = safe_open(str(file), framework="pt", device="cpu")
-        except Exception as exc:  # safetensors raises its own SafetensorError for every malformed file
-            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise MempruneError(
-                f"{file} is not a valid safetensors file ({reason}); it may be truncated or corrupted: "
-                "download or write it again"
-            ) from None
-        self._handles[file] = handle
-        data_start, header = _read_header(file)
-        self._layout[file] = (data_start, header)
-        ordered = sorted(handle.keys(), key=lambda k: header[k]["data_offsets"][0])
-        for name, key in stripped_names(ordered, file, self._where).items():
+    def _open_safetensors(self, file: Path) -> dict[str, str]:
+        header = read_header(file)
+        self._layout[file] = (header.data_start, header.tensors)
+        for name, key in stripped_names(header.tensors, shown(file), self._where).items():  # file order
             self._where[name] = (file, key)
-        return handle
+        return header.metadata
 
     def _open_sharded(self) -> None:
-        try:
-            index = json.loads(self.path.read_text(encoding="utf-8"))
-            weight_map: dict[str, str] = index["weight_map"]
-        except (OSError, ValueError, KeyError, TypeError) as exc:
-            raise MempruneError(f"{self.path} is not a valid safetensors index ({exc}): it needs a weight_map") from None
-        self.metadata = {k: str(v) for k, v in (index.get("metadata") or {}).items()}
-        for shard in sorted(set(weight_map.values())):
+        index = read_index(self.path)
+        self.metadata = dict(index.metadata)
+        for shard in index.shards:
             shard_path = self.path.parent / shard
             if not shard_path.exists():
-                raise MempruneError(f"shard {shard} listed in {self.path.name} is missing: download every shard")
-            handle = self._open_safetensors(shard_path)
+                raise MempruneError(f"shard {shard} listed in {shown(self.path.name)} is missing: download every shard")
+            shard_meta = self._open_safetensors(shard_path)
             if not self.metadata:
-                self.metadata = dict(handle.metadata() or {})
-        missing = [k for k, f in weight_map.items() if (self.path.parent / f, k) not in self._where.values()]
+                self.metadata = dict(shard_meta)
+        found = set(self._where.values())
+        missing = [k for k, f in index.weight_map.items() if (self.path.parent / f, k) not in found]
         if missing:
-            raise MempruneError(f"{self.path.name} lists {missing[0]} but its shard does not contain it: the index is stale")
+            raise MempruneError(f"{shown(self.path.name)} lists {missing[0]} but its shard does not contain it: the index is stale")
 
     def _open_pickle(self) -> None:
         obj = load_pickle(self.path)
         state, self.container, self.dropped = _unwrap(obj, self.path)
-        self._tensors = {name: state[key] for name, key in stripped_names(state, self.path).items()}
+        for key, value in state.items():
+            _check_pickled_tensor(key, value, self.path)
+        self._tensors = {name: state[key] for name, key in stripped_names(state, shown(self.path)).items()}
 
     # -- access ----------------------------------------------------------------------------------------------
     def keys(self) -> list[str]:
@@ -168,8 +192,8 @@ class Checkpoint:
         # process's resident memory, and streaming a 10 GB checkpoint must keep that near one tensor.
         data_start, header = self._layout[file]
         info = header[inner]
-        begin, end = info["data_offsets"]
-        tensor = torch.empty(info["shape"], dtype=self.dtype(_strip_prefixes(inner)))
+        begin, end = info.begin, info.end
+        tensor = torch.empty(info.shape, dtype=self.dtype(strip_prefixes(inner)))
         if end > begin:
             handle = self._files.get(file)
             if handle is None:
@@ -184,13 +208,13 @@ class Checkpoint:
         if self._tensors is not None:
             return tuple(self._tensors[key].shape)
         file, inner = self._where[key]
-        return tuple(self._layout[file][1][inner]["shape"])
+        return self._layout[file][1][inner].shape
 
     def dtype(self, key: str) -> torch.dtype:
         if self._tensors is not None:
             return self._tensors[key].dtype
         file, inner = self._where[key]
-        code = self._layout[file][1][inner]["dtype"]
+        code = self._layout[file][1][inner].dtype
         if code not in _ST_TO_TORCH:
             raise MempruneError(f"tensor {key} has safetensors dtype {code}, which memprune does not handle")
         return _ST_TO_TORCH[code]
@@ -215,7 +239,6 @@ class Checkpoint:
         for handle in self._files.values():
             handle.close()
         self._files.clear()
-        self._handles.clear()
         self._tensors = None if self._tensors is None else {}
 
     def __enter__(self) -> Checkpoint:
@@ -230,46 +253,52 @@ def open_checkpoint(path: str | os.PathLike) -> Checkpoint:
     return Checkpoint(path)
 
 
-def _read_header(file: Path) -> tuple[int, dict[str, Any]]:
-    """The parsed JSON header of a safetensors file (already validated by ``safe_open``) and where data starts."""
-    with open(file, "rb") as f:
-        size = int.from_bytes(f.read(8), "little")
-        header = json.loads(f.read(size))
-    header.pop("__metadata__", None)
-    return 8 + size, header
-
-
-def _strip_prefixes(key: str) -> str:
-    changed = True
-    while changed:
-        changed = False
-        for prefix in _KEY_PREFIXES:
-            if key.startswith(prefix):
-                key, changed = key[len(prefix) :], True
-    return key
 
 
 def _is_state_dict(obj: object) -> bool:
     return isinstance(obj, dict) and bool(obj) and all(isinstance(v, torch.Tensor) for v in obj.values())
 
 
-def _unwrap(obj: object, path: Path) -> tuple[dict[str, torch.Tensor], str | None, list[str]]:
+def _check_pickled_tensor(key: object, value: torch.Tensor, path: Path) -> None:
+    """Only dense, materialised tensors under string names are weights memprune can read and write."""
+    if not isinstance(key, str):
+        raise MempruneError(
+            f"{shown(path)} has a tensor under the {type(key).__name__} key {key!r}: a state dict maps string names "
+            "to tensors; save model.state_dict()"
+        )
+    if value.layout != torch.strided:
+        raise MempruneError(f"tensor {key} in {shown(path)} is {value.layout} (not dense): save it with .to_dense() first")
+    if value.is_meta:
+        raise MempruneError(f"tensor {key} in {shown(path)} is on the meta device and holds no values: save the real weights")
+    if value.is_quantized:
+        raise MempruneError(f"tensor {key} in {shown(path)} is quantized ({value.dtype}): save dequantized weights")
+
+
+_MAX_NESTING = 4  # {"model": {"state_dict": ...}} is the deepest wrapping seen in the wild
+
+
+def _unwrap(obj: object, path: Path, depth: int = 0) -> tuple[dict[str, torch.Tensor], str | None, list[str]]:
     """Find the tensor dict inside a training checkpoint; report what else was there."""
     if _is_state_dict(obj):
         return dict(obj), None, []  # type: ignore[arg-type]
     if isinstance(obj, dict):
         for key in _CONTAINER_KEYS:
             inner = obj.get(key)
+            if isinstance(inner, dict) and depth >= _MAX_NESTING:
+                raise MempruneError(
+                    f"{shown(path)} wraps its weights more than {_MAX_NESTING} levels deep ({key}/{key}/...): "
+                    "save model.state_dict() instead"
+                )
             if isinstance(inner, dict):
-                state, sub, _ = _unwrap(inner, path)
-                dropped = [k for k in obj if k != key]
+                state, sub, _ = _unwrap(inner, path, depth + 1)
+                dropped = [str(k) for k in obj if k != key]
                 return state, key if sub is None else f"{key}.{sub}", dropped
         tensors = {k: v for k, v in obj.items() if isinstance(v, torch.Tensor)}
         if tensors:
-            return tensors, None, [k for k in obj if k not in tensors]
-        found = ", ".join(f"{k} ({type(v).__name__})" for k, v in list(obj.items())[:6])
+            return tensors, None, [str(k) for k in obj if k not in tensors]
+        found = ", ".join(f"{k!r} ({type(v).__name__})" for k, v in list(obj.items())[:6])
         raise MempruneError(
-            f"{path} holds no tensors at the top level nor under {'/'.join(_CONTAINER_KEYS)} (found: {found}); "
+            f"{shown(path)} holds no tensors at the top level nor under {'/'.join(_CONTAINER_KEYS)} (found: {found}); "
             "extract the model's state dict first"
         )
-    raise MempruneError(f"{path} holds a {type(obj).__name__}, not a state dict: save model.state_dict() instead")
+    raise MempruneError(f"{shown(path)} holds a {type(obj).__name__}, not a state dict: save model.state_dict() instead")

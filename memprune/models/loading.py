@@ -33,16 +33,28 @@ def resolve_dtype(dtype: str | torch.dtype, device: torch.device | str) -> torch
 
 
 def resolve_device(device: str) -> str:
-    """``auto`` -> ``cuda`` when available; a CUDA device without CUDA is an error."""
-    if device == "auto":
+    """``auto`` -> ``cuda`` when available; otherwise ``cpu``, ``cuda`` or ``cuda:N`` of a present GPU.
+
+    Other torch device types (``mps``, ``xla``, ``meta``...) are refused here, at once, rather than failing
+    deep inside a model with a backend error (``meta`` tensors would even "run" and produce no numbers).
+    """
+    text = str(device).strip()
+    if text == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     try:
-        dev = torch.device(device)
-    except RuntimeError:
-        raise MempruneError(f"--device {device!r} is not a torch device: use cpu, cuda, cuda:N or auto") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise MempruneError(f"--device {device} was asked for but CUDA is not available here: use --device cpu")
-    return device
+        dev = torch.device(text)
+    except (RuntimeError, ValueError, TypeError):
+        raise MempruneError(f"--device {text!r} is not a torch device: use cpu, cuda, cuda:N or auto") from None
+    if dev.type not in ("cpu", "cuda"):
+        raise MempruneError(f"--device {text} is not supported: memprune runs on cpu or cuda (cuda:N); use --device cpu")
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise MempruneError(f"--device {text} was asked for but CUDA is not available here: use --device cpu")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise MempruneError(
+                f"--device {text}: this machine has {torch.cuda.device_count()} CUDA device(s), numbered from 0"
+            )
+    return text
 
 
 def load_model(

@@ -270,14 +270,16 @@ def score(
     """
     shard_t = D.parse_shard(shard) if isinstance(shard, str) else shard
     layer_kinds = parse_layers(layers)
-    n_augs = _check_options(augs, augment, batch_size, checkpoint_every, resume, output)
+    n_augs = _check_options(augs, augment, batch_size, checkpoint_every, resume, output, workers)
     out_path = Path(output) if output is not None else None
     if out_path is not None:
         from memprune.io import check_output_path
+        from memprune.io.paths import check_output_file
 
         check_output_path(out_path, None if isinstance(checkpoint, IARModel) else checkpoint, tokenizer)
-    records, data_desc = select_images(data, class_index=class_index, fraction=fraction, per_class=per_class, seed=seed)
+        check_output_file(out_path, "score output")
     device = resolve_device(device)
+    records, data_desc = select_images(data, class_index=class_index, fraction=fraction, per_class=per_class, seed=seed)
     dist_info = D.init_distributed(device)
     try:
         return _run(checkpoint, tokenizer, records, data_desc, out_path, layer_kinds, n_augs, augment, batch_size,
@@ -288,9 +290,11 @@ def score(
 
 
 def _check_options(augs: int | None, augment: bool, batch_size: int, every: int, resume: bool,
-                   output: object) -> int:
+                   output: object, workers: int = 1) -> int:
     if batch_size <= 0:
         raise MempruneError(f"--batch-size {batch_size} must be at least 1")
+    if workers < 1:
+        raise MempruneError(f"--workers {workers} must be at least 1 (image-loading threads)")
     if every < 0:
         raise MempruneError(f"--checkpoint-every {every} must be 0 (off) or a positive number of images")
     if (resume or every) and output is None:
@@ -372,7 +376,7 @@ def _initial_stats(model: IARModel, layer_kinds: list[str], out_path: Path | Non
     if not resume or out_path is None:
         return fresh, my_begin
     partial = R.partial_path(out_path, shard, info.rank, info.world_size)
-    loaded = R.load_partial(partial, R.fingerprint(run_id), model.device)
+    loaded = R.load_partial(partial, R.fingerprint(run_id), model.device, tuple(run_id["range"]))
     if loaded is None:
         log.warning("--resume: no checkpoint at %s, starting from the first image", partial)
         return fresh, my_begin

@@ -17,6 +17,7 @@ from typing import Any
 
 from memprune.errors import MempruneError
 from memprune.io import check_output_path
+from memprune.io.paths import check_output_file
 from memprune.scores import ScoreSet, load_scores, save_scores
 from memprune.scoring.stats import StreamingStats
 
@@ -39,6 +40,9 @@ def _shard_of(s: ScoreSet, path: Path) -> dict[str, Any]:
     shard = s.info.get("shard")
     if not shard:
         raise MempruneError(f"{path} is a complete run, not a shard: merge only the outputs of `memprune score --shard i/n`")
+    count, index = (shard.get("count"), shard.get("index")) if isinstance(shard, dict) else (None, None)
+    if not all(isinstance(v, int) and not isinstance(v, bool) for v in (count, index)) or not 0 <= index < count:
+        raise MempruneError(f"{path}: its shard record {shard!r} is not a valid i/n pair: the file was damaged; score that part again")
     return shard
 
 
@@ -77,6 +81,8 @@ def merge_scores(paths: Sequence[str | os.PathLike], output: str | os.PathLike |
     if len(files) < 2:
         raise MempruneError("give at least two shard files to merge (e.g. scores.*-of-4.safetensors)")
     out = check_output_path(output, *files) if output is not None else None
+    if out is not None:
+        check_output_file(out, "merged score file")
     sets = [load_scores(p) for p in files]
     shards = [_shard_of(s, p) for s, p in zip(sets, files)]
     for s, p in zip(sets[1:], files[1:]):

@@ -29,6 +29,7 @@ import torch
 
 from memprune.errors import MempruneError
 from memprune.io import write_json_atomic
+from memprune.io.paths import check_output_dir, shown
 from memprune.scores import ScoreSet, load_scores
 from memprune.selection import parse_top, select_units
 
@@ -84,9 +85,18 @@ def build_report(scores: ScoreSet | str | os.PathLike, top: str = "10%", top_ima
     Raises:
         MempruneError: an empty score file or a ``top`` that selects nothing.
     """
+    if isinstance(top_images, bool) or not isinstance(top_images, int) or top_images < 0:
+        raise MempruneError(f"--images {top_images} must be 0 (none) or a positive number of images to list")
+    spec = parse_top(top)
     s = scores if isinstance(scores, ScoreSet) else load_scores(scores)
     if not s.scores:
         raise MempruneError("the score file holds no scores")
+    for name, value in s.scores.items():
+        if not bool(torch.isfinite(value).all()):
+            raise MempruneError(
+                f"scores of {name} contain NaN or Inf: a --shard part scored alone has no scores of its own, so "
+                "combine the parts with `memprune merge` first; otherwise score again"
+            )
     names = list(s.scores)
     placed = [split_layer(n, i) for i, n in enumerate(names)]
     blocks = sorted({b for b, _ in placed})
@@ -101,7 +111,6 @@ def build_report(scores: ScoreSet | str | os.PathLike, top: str = "10%", top_ima
         hist[name] = torch.histc(v.clamp(0, 1), bins=BINS, min=0, max=1).long().tolist()
     used = [i for i, g in enumerate(s.groups) if g not in set(s.image_independent)] or list(range(n_groups))
     agg, where = _aggregate(s, used)
-    spec = parse_top(top)
     sel = select_units(agg, spec, "global")
     counts = {k: [0] * len(blocks) for k in kinds}
     widths = {k: [0] * len(blocks) for k in kinds}
@@ -159,10 +168,11 @@ def write_report(report: Report, out_dir: str | os.PathLike) -> list[Path]:
     Returns:
         The files written.
     """
-    out = Path(out_dir)
-    if out.exists() and not out.is_dir():
-        raise MempruneError(f"report output {out} is a file: give a folder (it is created if missing)")
-    out.mkdir(parents=True, exist_ok=True)
+    out = check_output_dir(out_dir, "report output")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise MempruneError(f"cannot create report folder {shown(out)} ({exc.strerror}): choose another -o") from None
     try:
         import matplotlib
 

@@ -51,15 +51,26 @@ def save_partial(path: Path, stats: StreamingStats, next_position: int, digest: 
     save_safetensors(stats.state_dict(), path, meta)
 
 
-def load_partial(path: Path, digest: str, device: torch.device) -> tuple[StreamingStats, int] | None:
+def load_partial(
+    path: Path, digest: str, device: torch.device, span: tuple[int, int] | None = None
+) -> tuple[StreamingStats, int] | None:
     """The saved statistics and the next image position, or ``None`` when there is no checkpoint.
 
+    Args:
+        span: this process's ``[begin, end)`` image range; the saved position must lie in it and the saved
+            statistics must hold exactly the images before it (a tampered or mixed-up file is refused).
+
     Raises:
-        MempruneError: the checkpoint belongs to a run with other settings (data, seed, model...).
+        MempruneError: the checkpoint belongs to a run with other settings (data, seed, model...), or its
+            position and statistics disagree.
     """
     if not path.exists():
         return None
-    with open_checkpoint(path) as ckpt:
+    try:
+        ckpt = open_checkpoint(path)
+    except MempruneError as exc:  # the resume file is ours: the fix is to start over, not to download anything
+        raise MempruneError(f"cannot resume from {path}: {str(exc).split(';')[0]}; delete it to start over") from None
+    with ckpt:
         meta = ckpt.metadata
         if meta.get("memprune.kind") != KIND:
             raise MempruneError(f"{path} is not a memprune scoring checkpoint: move it away or drop --resume")
@@ -69,7 +80,20 @@ def load_partial(path: Path, digest: str, device: torch.device) -> tuple[Streami
                 "batch size): rerun with the same options, or delete it to start over"
             )
         state = {k: ckpt.get(k) for k in ckpt.keys()}
-    return StreamingStats.from_state_dict(state, device), int(meta["memprune.next"])
+    broken = f"{path} is damaged or was edited ({{}}): delete it to start over"
+    text = meta.get("memprune.next", "")
+    if not text.isdigit():
+        raise MempruneError(broken.format(f"next image position {text!r} is not a number"))
+    position = int(text)
+    stats = StreamingStats.from_state_dict(state, device)
+    if span is not None:
+        begin, end = span
+        if not begin <= position <= end:
+            raise MempruneError(broken.format(f"next image {position} lies outside this run's images [{begin}, {end})"))
+        held = int(stats.count.item())
+        if held != position - begin:
+            raise MempruneError(broken.format(f"it records {position - begin} images done but its statistics hold {held}"))
+    return stats, position
 
 
 def remove_partial(path: Path) -> None:

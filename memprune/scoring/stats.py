@@ -148,6 +148,11 @@ class StreamingStats:
             if missing:
                 raise MempruneError(f"statistics of {layer} lack {missing[0]}: the file is incomplete")
             shapes[layer] = tuple(state[f"max.{layer}"].shape)
+            if len(shapes[layer]) != 2:
+                raise MempruneError(f"statistics max.{layer} have shape {shapes[layer]}, expected [S, H]: the file is damaged")
+        count = state["count"]
+        if count.numel() != 1 or count.is_floating_point() or count.is_complex() or int(count.reshape(-1)[0]) < 0:
+            raise MempruneError(f"statistics 'count' must be one non-negative integer (found {tuple(count.shape)} {count.dtype}): the file is damaged")
         stats = cls(shapes, device)  # type: ignore[arg-type]
         for layer in layers:
             for f in FIELDS:

@@ -87,7 +87,7 @@ def test_special_files_are_refused_and_left_alone(tmp_path, special):
         match = "FIFO"
     elif special == "devnull":
         target = "/dev/null"
-        match = "device node|must end in"
+        match = "device|must end in"
     else:
         target = tmp_path / "out.safetensors"
         target.mkdir()
@@ -127,7 +127,7 @@ def test_read_only_folder_is_one_line(tmp_path):
     folder.mkdir()
     folder.chmod(0o500)
     try:
-        with pytest.raises(MempruneError, match="not writable"):
+        with pytest.raises(MempruneError, match="read-only"):
             check_output(folder / "x.safetensors", [])
     finally:
         folder.chmod(0o700)
