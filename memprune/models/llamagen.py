@@ -59,6 +59,7 @@ _OTHER_FAMILIES = (  # a key that identifies a file given in the wrong place, an
 )
 #: Widths released only at 384 px (XL, XXL, 3B): their default grid is 24 x 24.
 _ONLY_384 = (1280, 1536, 3200)
+_C2I_DOWNSAMPLE = 16  # every released c2i model was trained on VQ-16 codes
 POSITIONS = ("last", "all")
 
 
@@ -141,6 +142,30 @@ def _head_count(dim: int, num_heads: int | None, freqs_cis: torch.Tensor | None)
             "it): pass --num-heads"
         )
     return HEADS_BY_WIDTH[dim]
+
+
+def _grid_tokens(freqs: torch.Tensor | None, image_size: int | None, ds: int) -> int | None:
+    """Tokens per image: from the checkpoint's RoPE table, else from the image size (released c2i models all use a
+    16x-downsampling VQ); ``None`` leaves the width's release default. The tokenizer must give that grid."""
+    if freqs is not None:
+        grid = math.isqrt(int(freqs.shape[0]) - 1)
+    elif image_size is not None:
+        if image_size % _C2I_DOWNSAMPLE:
+            raise MempruneError(f"image size {image_size} is not a multiple of 16: LlamaGen c2i runs at 256 or 384 px")
+        grid = image_size // _C2I_DOWNSAMPLE
+    elif ds != _C2I_DOWNSAMPLE:
+        raise MempruneError(
+            f"this tokenizer downsamples {ds}x but LlamaGen c2i models use the 16x VQ-16: pass vq_ds16_c2i.pt"
+        )
+    else:
+        return None
+    if image_size is not None and grid * ds != image_size:
+        raise MempruneError(
+            f"the checkpoint's {grid}x{grid} grid at {image_size} px needs a tokenizer that downsamples "
+            f"{image_size // grid}x, but this one downsamples {ds}x: pass the matching tokenizer (vq_ds16_c2i.pt) "
+            "or image size"
+        )
+    return grid * grid
 
 
 def image_size_from_name(path: str | os.PathLike) -> int | None:
@@ -341,20 +366,9 @@ def load_llamagen(
     amp = _amp_dtype(dtype)
     sd, freqs = clean_state_dict(read_state_dict(checkpoint, "LlamaGen checkpoint"))
     vq = load_llamagen_vq(tokenizer, device=device)
-    ds = vq.config.downsample_factor
     if image_size is None and not isinstance(checkpoint, Mapping):
         image_size = image_size_from_name(checkpoint)
-    block = None
-    if image_size is not None:
-        if image_size % ds:
-            raise MempruneError(f"image size {image_size} is not a multiple of the tokenizer's downsampling {ds}")
-        block = (image_size // ds) ** 2
-    if freqs is not None and block is not None and int(freqs.shape[0]) - 1 != block:
-        grid = math.isqrt(int(freqs.shape[0]) - 1)
-        raise MempruneError(
-            f"the checkpoint's RoPE table is for a {grid}x{grid} grid ({grid * ds} px with this tokenizer) but "
-            f"{image_size} px gives {image_size // ds}x{image_size // ds}: pass the matching tokenizer or image size"
-        )
+    block = _grid_tokens(freqs, image_size, vq.config.downsample_factor)
     cfg = llamagen_config_from_state_dict(sd, num_heads=num_heads, block_size=block, freqs_cis=freqs)
     with torch.device("meta"):  # no throwaway random init of a multi-GB model
         model = LlamaGenTransformer(cfg)
