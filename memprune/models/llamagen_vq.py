@@ -284,18 +284,18 @@ def vq_config_from_state_dict(sd: Mapping[str, torch.Tensor]) -> VQConfig:
     Raises:
         MempruneError: not a LlamaGen VQ tokenizer (naming what it is when it is another family's tokenizer).
     """
+    what = None
+    if any(".quant_resi." in k for k in sd) or "quantize.ema_vocab_hit_SV" in sd:
+        what = "the multi-scale VQVAE of VAR (vae_ch160v4096z32.pth)"
+    elif "encoder.down.0.block.0.conv1.weight" in sd:
+        what = "the MaskGIT-VQGAN tokenizer of RAR (maskgit-vqgan-imagenet-f16-256.bin)"
+    elif "tok_embeddings.weight" in sd:
+        what = "a LlamaGen generator; pass it as the checkpoint"
     missing = [k for k in _REQUIRED if k not in sd]
-    if missing:
-        what = None
-        if any(k.startswith("quant_resi.") for k in sd) or "quantize.ema_vocab_hit_SV" in sd:
-            what = "the multi-scale VQVAE of VAR (vae_ch160v4096z32.pth)"
-        elif "encoder.down.0.block.0.conv1.weight" in sd:
-            what = "the MaskGIT-VQGAN tokenizer of RAR (maskgit-vqgan-imagenet-f16-256.bin)"
-        elif "tok_embeddings.weight" in sd:
-            what = "a LlamaGen generator; pass it as the checkpoint"
-        first = next(iter(sd), "<empty>")
+    if what or missing:
+        found = missing[0] if missing else "the encoder.conv_blocks layout"
         raise MempruneError(
-            f"not a LlamaGen VQ tokenizer: missing {missing[0]} (first key found: {first})"
+            f"not a LlamaGen VQ tokenizer: missing {found} (first key found: {next(iter(sd), '<empty>')})"
             + (f"; this is {what}" if what else "")
             + "; LlamaGen needs vq_ds16_c2i.pt from FoundationVision/LlamaGen"
         )
