@@ -162,7 +162,8 @@ class ViewPipeline:
         """The training views of ``arch`` (var or rar; others fall back to var's), or the centre view."""
         if not augment:
             return cls("center", resolution, seed)
-        return cls("rar" if arch == "rar" else "var", resolution, seed)
+        # LlamaGen trains on the same ten-crops of center_crop_arr(1.1 x) (extract_codes_c2i.py --ten-crop) as RAR.
+        return cls("rar" if arch in ("rar", "llamagen") else "var", resolution, seed)
 
     def describe(self) -> str:
         res = self.resolution

@@ -94,7 +94,7 @@ class Adapter:
         """Build the runnable model (network + tokenizer); only runnable adapters implement it."""
         raise MempruneError(
             f"memprune can inspect and patch {self.name} checkpoints but cannot run them yet "
-            "(scoring, audit and FID need a runnable architecture: var or rar)"
+            "(scoring, audit and FID need a runnable architecture: var, rar or llamagen)"
         )
 
 

@@ -67,6 +67,7 @@ def audit_cmd(
     device: DeviceOpt = "auto",
     dtype: Annotated[str, typer.Option("--dtype", help="Transformer precision: float32 (exact greedy decisions), bfloat16, float16.")] = "float32",
     arch: Annotated[str | None, typer.Option("--arch", help="Skip architecture detection: var or rar.")] = None,
+    num_heads: Annotated[int | None, typer.Option("--num-heads", help="LlamaGen head count, for widths that are no release (not stored in the weights).")] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted audit in -o (same settings), skipping done candidates.")] = False,
     grid_rows: Annotated[int, typer.Option("--grid-rows", help="Most extracted images drawn in extracted_grid.png.")] = 32,
     fmt: FormatOpt = OutputFormat.table,
@@ -88,7 +89,7 @@ def audit_cmd(
         summary = audit(
             checkpoint, tokenizer, output, settings, data=data, candidates_file=candidates, baseline=baseline,
             per_class=per_class, class_index=class_index, sscd_spec=sscd, device=device, dtype=dtype, arch=arch,
-            resume=resume, grid_rows=grid_rows, progress=progress,
+            resume=resume, grid_rows=grid_rows, progress=progress, num_heads=num_heads,
         )  # fmt: skip
     if fmt is OutputFormat.json:
         print_json(summary)

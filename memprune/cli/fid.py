@@ -62,6 +62,7 @@ def fid_cmd(
     device: DeviceOpt = "auto",
     dtype: Annotated[str, typer.Option("--dtype", help="Transformer precision: float32, bfloat16 or float16.")] = "float32",
     arch: Annotated[str | None, typer.Option("--arch", help="Skip architecture detection: var or rar.")] = None,
+    num_heads: Annotated[int | None, typer.Option("--num-heads", help="LlamaGen head count, for widths that are no release (not stored in the weights).")] = None,
     fmt: FormatOpt = OutputFormat.table,
     quiet: QuietOpt = False,
     verbose: VerboseOpt = False,
@@ -75,7 +76,7 @@ def fid_cmd(
             checkpoint, tokenizer, ref, output, per_class=per_class, classes=classes,
             overrides=dict(cfg=cfg, cfg_pow=cfg_pow, top_k=top_k, top_p=top_p, temperature=temperature),
             seed=seed, batch_size=batch_size, inception_spec=inception, save_images=save_images, device=device,
-            dtype=dtype, arch=arch, progress=update,
+            dtype=dtype, arch=arch, progress=update, num_heads=num_heads,
         )  # fmt: skip
     if fmt is OutputFormat.json:
         print_json(result)

@@ -120,6 +120,7 @@ def score_cmd(
     shard: Annotated[str | None, typer.Option("--shard", help="Score only part i of n (i/n, from 0); combine with `memprune merge`.")] = None,
     arch: Annotated[str | None, typer.Option("--arch", help="Skip detection: var or rar.")] = None,
     workers: Annotated[int, typer.Option("--workers", help="Image-loading threads.")] = 2,
+    num_heads: Annotated[int | None, typer.Option("--num-heads", help="LlamaGen head count, for widths that are no release (not stored in the weights).")] = None,
     fmt: FormatOpt = OutputFormat.table,
     quiet: QuietOpt = False,
     verbose: VerboseOpt = False,
@@ -135,7 +136,7 @@ def score_cmd(
                 checkpoint, data, tokenizer=tokenizer, output=output, class_index=class_index, fraction=fraction,
                 per_class=per_class, augs=augs, augment=not no_augment, layers=layers, batch_size=batch_size,
                 device=device, dtype=dtype, seed=seed, resume=resume, checkpoint_every=checkpoint_every, shard=shard,
-                arch=arch, workers=workers, progress=progress,
+                arch=arch, workers=workers, progress=progress, num_heads=num_heads,
             )  # fmt: skip
     except KeyboardInterrupt:
         _interrupted(output, checkpoint_every)

@@ -16,7 +16,9 @@ code listed in the reference notes):
    *generated* positions only are recorded as secondary evidence.
 
 Images enter through the attack's canonical view (no randomness): VAR shorter side ``round(1.125 * res)``
-(LANCZOS) + centre crop; RAR and others shorter side ``res`` (BICUBIC) + centre crop. Results are appended
+(LANCZOS) + centre crop; RAR and others shorter side ``res`` (BICUBIC) + centre crop; LlamaGen the centre
+view of its training ten-crop. LlamaGen's defaults (30 tokens, greedy, no guidance) are RAR's: the attack code does
+not cover LlamaGen. Results are appended
 batch by batch to ``results.jsonl`` so an interrupted run resumes where it stopped; the report files are
 written by :mod:`memprune.evaluators.audit_report`.
 """
@@ -211,7 +213,13 @@ def canonical_view(img: Image.Image, arch: str, size: int) -> torch.Tensor:
 
     VAR: shorter side to ``round(1.125 * size)`` with LANCZOS, centre crop. Others (RAR): shorter side to
     ``size`` with BICUBIC (PIL antialiases), centre crop, as torchvision's ``Resize`` + ``CenterCrop``.
+    LlamaGen (not covered by the attack code): the centre view of its training ten-crop, i.e. ADM's
+    ``center_crop_arr(int(1.1 * size))`` then the centre ``size`` crop (``extract_codes_c2i.py --ten-crop``).
     """
+    if arch == "llamagen":
+        from memprune.data import ViewPipeline
+
+        return ViewPipeline("rar", size).view(img, "", 0)  # ten-crop view 0 = the unflipped centre
     short = round(1.125 * size) if arch == "var" else size
     resample = Image.Resampling.LANCZOS if arch == "var" else Image.Resampling.BICUBIC
     w, h = img.size

@@ -38,6 +38,7 @@ def audit(
     resume: bool = False,
     grid_rows: int = 32,
     progress: Callable[[str, int, int], None] | None = None,
+    num_heads: int | None = None,
 ) -> dict[str, Any]:
     """The extraction audit of a checkpoint (and optionally its baseline), as ``memprune audit`` runs it.
 
@@ -60,9 +61,9 @@ def audit(
     models: dict[str, Any] = {}
     info: dict[str, dict[str, Any]] = {}
     if baseline is not None:
-        models["baseline"], digest = load_model(baseline, tokenizer, device=device, dtype=dtype, arch=arch)
+        models["baseline"], digest = load_model(baseline, tokenizer, device=device, dtype=dtype, arch=arch, num_heads=num_heads)
         info["baseline"] = checkpoint_info(baseline, digest)
-    models["model"], digest = load_model(checkpoint, tokenizer, device=device, dtype=dtype, arch=arch)
+    models["model"], digest = load_model(checkpoint, tokenizer, device=device, dtype=dtype, arch=arch, num_heads=num_heads)
     info["model"] = checkpoint_info(checkpoint, digest)
     A.check_same_family(models)
     first = next(iter(models.values()))
@@ -153,6 +154,8 @@ def _view_note(model: Any) -> str:
     size = model.image_size
     if model.arch == "var":
         return f"shorter side {round(1.125 * size)} (LANCZOS) + centre crop {size}"
+    if model.arch == "llamagen":
+        return f"center_crop_arr({int(1.1 * size)}) + centre crop {size} (the training ten-crop's centre view)"
     return f"shorter side {size} (BICUBIC) + centre crop {size}"
 
 

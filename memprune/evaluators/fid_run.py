@@ -39,6 +39,7 @@ def fid(
     dtype: str = "float32",
     arch: str | None = None,
     progress: Callable[[int, int], None] | None = None,
+    num_heads: int | None = None,
 ) -> dict[str, Any]:
     """FID of a checkpoint's class-conditional samples against reference statistics, as ``memprune fid`` runs it.
 
@@ -57,7 +58,7 @@ def fid(
     output.mkdir(parents=True, exist_ok=True)
     net = load_inception(inception_spec, device=device)  # fail early on missing weights, before the model loads
     reference = load_reference(ref, net, batch_size=batch_size)
-    model, digest = load_model(checkpoint, tokenizer, device=device, dtype=dtype, arch=arch)
+    model, digest = load_model(checkpoint, tokenizer, device=device, dtype=dtype, arch=arch, num_heads=num_heads)
     settings = G.with_overrides(G.published_settings(model), **(overrides or {}))
     class_list = G.parse_classes(classes, model.num_classes)
     labels = G.fid_labels(class_list, per_class)

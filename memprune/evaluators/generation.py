@@ -9,6 +9,10 @@ The published FIDs were computed with 50 images per class and these sampling set
   XL 6.9 / 1.5 / 1.02, XXL 8.0 / 1.2 / 1.02; no top-k or top-p (bytedance/1d-tokenizer ``README_RAR.md``).
   The size is recognised from the model width (768 / 1024 / 1280 / 1408); another width takes the settings of
   the nearest release, and the summary says so.
+* LlamaGen: guidance scale 2.0 (B, L), 1.75 (XL, XXL), 1.65 (3B), top-k 0, top-p 1.0 (off), temperature 1.0: the
+  published FID commands at 384 px (FoundationVision/LlamaGen ``GETTING_STARTED.md``; the cfg behind the ``*_256``
+  FIDs is not stated). The size is recognised from the width (768 / 1024 / 1280 / 1536 / 3200). The official
+  sampler draws uniformly random labels; memprune keeps its class-balanced list, so FIDs compare before/after only.
 
 Labels are the class list repeated ``per_class`` times (0..C-1, 0..C-1, ..., as RAR's sampler). Batch ``b``
 is drawn with ``seed + b``, so a run is reproducible for a given batch size (recorded with the result).
@@ -68,6 +72,11 @@ RAR_FID = {  # width -> (release, temperature, guidance scale, guidance power); 
     1408: ("RAR-XXL", 1.02, 8.0, 1.2),
 }
 
+LLAMAGEN_FID = {  # width -> (release, guidance scale); FoundationVision/LlamaGen GETTING_STARTED.md (384 px runs)
+    768: ("LlamaGen-B", 2.0), 1024: ("LlamaGen-L", 2.0), 1280: ("LlamaGen-XL", 1.75),
+    1536: ("LlamaGen-XXL", 1.75), 3200: ("LlamaGen-3B", 1.65),
+}  # fmt: skip
+
 
 def published_settings(model: IARModel) -> SamplingSettings:
     """The family's published FID sampling settings for ``model`` (see the module docstring)."""
@@ -79,6 +88,12 @@ def published_settings(model: IARModel) -> SamplingSettings:
         name, temperature, scale, power = RAR_FID[nearest]
         note = "" if nearest == width else f"; width {width} is no release, nearest is {name}"
         return SamplingSettings(scale, 0, 0.0, temperature, power, f"{name} published FID setting (README_RAR.md){note}")
+    if model.arch == "llamagen":
+        width = model.transformer.config.dim  # type: ignore[attr-defined]
+        nearest = min(LLAMAGEN_FID, key=lambda w: abs(w - width))
+        name, scale = LLAMAGEN_FID[nearest]
+        note = "" if nearest == width else f"; width {width} is no release, nearest is {name}"
+        return SamplingSettings(scale, 0, 0.0, 1.0, None, f"{name} published FID setting (GETTING_STARTED.md, 384 px){note}")
     return SamplingSettings(0.0, source=f"no published setting for {model.arch}: conditional sampling, set --cfg etc.")
 
 

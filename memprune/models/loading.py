@@ -65,11 +65,13 @@ def load_model(
     dtype: str | torch.dtype,
     arch: str | None = None,
     digest: str | None = None,
+    num_heads: int | None = None,
 ) -> tuple[IARModel, str | None]:
     """The runnable model (network + tokenizer) in eval mode on ``device``, and the checkpoint's digest.
 
     A checkpoint path goes through adapter detection and ``adapter.load_model``; a model object is used as
-    is (moved to ``device``), with ``digest`` recorded as its identity.
+    is (moved to ``device``), with ``digest`` recorded as its identity. ``num_heads`` is passed on only when
+    given (LlamaGen needs it for widths that are no release; the weights do not store it).
     """
     device = resolve_device(device)
     if isinstance(checkpoint, IARModel):
@@ -82,5 +84,6 @@ def load_model(
     path = resolve_checkpoint_path(checkpoint)
     with open_checkpoint(path) as ckpt:
         adapter = detect_adapter(ckpt, arch)
-    model = adapter.load_model(path, tokenizer, device=device, dtype=resolve_dtype(dtype, device))
+    extra = {} if num_heads is None else {"num_heads": num_heads}
+    model = adapter.load_model(path, tokenizer, device=device, dtype=resolve_dtype(dtype, device), **extra)
     return model.eval(), digest or checkpoint_sha256(path)

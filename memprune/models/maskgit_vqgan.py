@@ -311,6 +311,11 @@ def maskgit_config_from_state_dict(sd: Mapping[str, torch.Tensor], resolution: i
             f"not a MaskGIT-VQGAN tokenizer state dict: missing {missing[0]} (first key found: {first}){hint}; "
             "expected maskgit-vqgan-imagenet-f16-256.bin from fun-research/TiTok"
         )
+    if "quant_conv.weight" in sd and "encoder.conv_blocks.0.res.0.conv1.weight" in sd:
+        raise MempruneError(
+            "this tokenizer is LlamaGen's VQ (vq_ds16_c2i.pt), not RAR's: pass maskgit-vqgan-imagenet-f16-256.bin "
+            "from fun-research/TiTok, or use a LlamaGen checkpoint with it"
+        )
     hidden = int(sd["encoder.conv_in.weight"].shape[0])
     levels: dict[int, int] = {}
     blocks = 0

@@ -240,6 +240,7 @@ def score(
     workers: int = 2,
     checkpoint_digest: str | None = None,
     progress: ProgressFn | None = None,
+    num_heads: int | None = None,
 ) -> ScoreResult:
     """Compute UnitMem scores and (optionally) write them as a score file.
 
@@ -264,6 +265,7 @@ def score(
         workers: image-loading threads.
         checkpoint_digest: sha256 to record when ``checkpoint`` is a model object.
         progress: called as ``progress(done, total)`` after each batch.
+        num_heads: head count for a LlamaGen width that is no release (the weights do not store it).
 
     Raises:
         MempruneError: bad options, data or checkpoints, fewer than 2 images overall, a hook that did not fire.
@@ -284,7 +286,7 @@ def score(
     try:
         return _run(checkpoint, tokenizer, records, data_desc, out_path, layer_kinds, n_augs, augment, batch_size,
                     device, dtype, seed, resume, checkpoint_every, shard_t, arch, workers, checkpoint_digest,
-                    progress, dist_info)
+                    progress, dist_info, num_heads)
     finally:
         D.shutdown(dist_info)
 
@@ -310,9 +312,9 @@ def _check_options(augs: int | None, augment: bool, batch_size: int, every: int,
 
 
 def _run(checkpoint, tokenizer, records, data_desc, out_path, layer_kinds, augs, augment, batch_size, device,
-         dtype, seed, resume, every, shard, arch, workers, digest, progress, info) -> ScoreResult:
+         dtype, seed, resume, every, shard, arch, workers, digest, progress, info, num_heads=None) -> ScoreResult:
     dev = D.local_device(device, info)
-    model, digest = load_model(checkpoint, tokenizer, device=dev, dtype=dtype, arch=arch, digest=digest)
+    model, digest = load_model(checkpoint, tokenizer, device=dev, dtype=dtype, arch=arch, digest=digest, num_heads=num_heads)
     check_labels(records, model.num_classes)
     views = ViewPipeline.for_arch(model.arch, model.image_size, augment=augment, seed=seed)
     groups = model.position_groups()
