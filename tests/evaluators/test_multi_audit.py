@@ -139,3 +139,30 @@ def test_weights_changed_in_place_and_restored_give_identical_results(tmp_path):
     after = audit_conditions(model, refs, conds, sscd, batch_size=2)
     assert not torch.equal(before.similarity, changed.similarity)
     assert torch.equal(before.similarity, after.similarity) and torch.equal(before.token_match, after.token_match)
+
+
+def test_file_audit_shares_references_across_models_and_resumes_by_condition(scripted, tmp_path):
+    from memprune.evaluators import audit as A
+    from memprune.evaluators import audit_report as R
+
+    cands, model = scripted
+    forgot = ScriptedModel(model.truths, [lambda n, g, s: False] * 4)
+    sscd = PixelSSCD()
+    settings = A.AuditSettings(prefixes=(8, 16), seeds=(0, 1), batch_size=2)
+    rows = A.run_audit({"baseline": model, "model": forgot}, sscd, cands, settings, tmp_path)
+    assert model.calls["encode"] == 2 and forgot.calls["encode"] == 0  # one tokenizer pass per batch, not per model
+    assert sscd.embedded == 2 * 4 + 2 * 4 * 6  # references once; generations: 2 models x 4 images x 6 conditions
+    assert len(rows) == 4 * 2 * 6 and {r.condition for r in rows} == {c.key for c in _grid(model)}
+    summary = R.build_summary(rows, models={"baseline": {}, "model": {}}, settings={"threshold": 0.75}, candidates={},
+                              sscd={}, baseline="baseline")
+    base = summary["counts"]["baseline"]
+    assert base["extracted"] == 3 and base["first_condition"] == {"img0.png": "p16-greedy", "img1.png": "p8-s1",
+                                                                   "img2.png": "p8-greedy"}
+    assert base["per_condition"]["p8-s1"] == 2 and summary["comparison"]["before"] == 3
+    assert summary["comparison"]["after"] == 0
+    best = R.best_rows(rows)
+    assert len(best) == 8 and sum(r.extracted for r in best if r.model == "baseline") == 3
+    # A resumed run with the same settings redoes nothing.
+    calls = model.calls["generate"]
+    again = A.run_audit({"baseline": model, "model": forgot}, sscd, cands, settings, tmp_path)
+    assert model.calls["generate"] == calls and again == rows
