@@ -97,6 +97,7 @@ def audit(
         "sscd_protocol": sscd.protocol,
     }
     created = not output.exists()
+    fresh = [f for f in (output / R.CONFIG_NAME, output / CANDIDATES_CSV) if not f.exists()]
     try:
         output.mkdir(parents=True, exist_ok=True)
         R.check_or_write_config(output, config, resume)
@@ -109,8 +110,12 @@ def audit(
         results = A.run_audit(models, sscd, cands, settings, output, progress=report,
                               on_extracted=lambda r, imgs, row: R.save_extracted_images(output, r, imgs, row))
     except BaseException:
-        if created and not R.has_started(output):
-            shutil.rmtree(output, ignore_errors=True)  # nothing resumable in it: leave no empty or partial folder
+        if not R.has_started(output):  # nothing resumable was saved: leave no empty or partial folder behind
+            if created:
+                shutil.rmtree(output, ignore_errors=True)
+            else:
+                for f in fresh:
+                    f.unlink(missing_ok=True)
         raise
     R.write_results_csv(results, output / R.RESULTS_CSV)
     grid = R.make_grid(output, R.best_rows(results), list(models), max_rows=grid_rows) if grid_rows else None

@@ -143,3 +143,17 @@ def test_settings_are_validated_once():
     with pytest.raises(MempruneError, match="--prefix"):
         A.AuditSettings(prefix=3)  # robust by default
     assert A.AuditSettings(attack="paper", prefix=3).attack == "paper"
+
+
+def test_a_run_failing_before_any_result_leaves_nothing(ckpt, tmp_path):
+    """An unreadable image surfaces only when the audit loads it: the config and list written so far go again."""
+    (tmp_path / "broken.png").write_bytes(b"not a png")
+    (tmp_path / "c.csv").write_text(f"path,label\n{tmp_path / 'broken.png'},0\n")
+    out = tmp_path / "out"
+    res = _run(ckpt, out, "--candidates", tmp_path / "c.csv", *RESUME)
+    assert res.exit_code == 2 and "Traceback" not in res.output and "broken.png" in res.output, res.output
+    assert not out.exists()
+    out.mkdir()
+    (out / "mine.txt").write_text("kept")
+    assert _run(ckpt, out, "--candidates", tmp_path / "c.csv", *RESUME).exit_code == 2
+    assert sorted(p.name for p in out.iterdir()) == ["mine.txt"]
