@@ -81,10 +81,11 @@ def test_llamagen_through_every_command(files, tmp_path):
     torch.testing.assert_close(a.teacher_forced(tokens, labels), b.teacher_forced(tokens, labels), rtol=1e-5, atol=1e-5)
 
     audit = _invoke("audit", str(safe), "--tokenizer", str(tok), "--data", str(data), "--baseline", str(ckpt),
-                    "--per-class", "1", "--sscd", "onnx", "--device", "cpu", "--num-heads", "4",
+                    "--per-class", "1", "--attack", "paper", "--sscd", "onnx", "--device", "cpu", "--num-heads", "4",
                     "-o", str(tmp_path / "audit"))  # fmt: skip
-    assert audit["headline"]["candidates"] == 2
-    assert audit["settings"]["prefix_tokens"] == 30
+    assert audit["headline"]["candidates"] >= 2  # the union of both models' picks
+    assert audit["headline"]["conditions"] == ["p30-greedy"] and audit["settings"]["prefix_unit"] == "tokens"
+    assert audit["settings"]["conditions"][0]["prefix_tokens"] == 30  # the paper condition: RAR's 30 tokens
     assert set(audit["counts"]) == {"model", "baseline"}
 
     fid = _invoke("fid", str(safe), "--tokenizer", str(tok), "--ref", str(data), "--per-class", "1",
