@@ -271,7 +271,7 @@ def run_demo(
     results = run_audit(models, sscd, [Candidate(c.path, c.label, c.id) for c in cands],
                         AuditSettings(threshold=THRESHOLD, batch_size=batch_size, seed=seed), audit_dir,
                         on_extracted=lambda r, imgs, row: save_extracted_images(audit_dir, r, imgs, row))
-    grid = make_grid(audit_dir, results, list(models))
+    grid = make_grid(audit_dir, results, list(models), class_names=data.classes, threshold=THRESHOLD)
     if grid is not None:
         shutil.copyfile(grid, out / "extracted_grid.png")
         files.append(out / "extracted_grid.png")

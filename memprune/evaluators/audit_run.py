@@ -96,7 +96,7 @@ def audit(
     results = A.run_audit(models, sscd, cands, settings, output, progress=report,
                           on_extracted=lambda r, imgs, row: R.save_extracted_images(output, r, imgs, row))
     R.write_results_csv(results, output / R.RESULTS_CSV)
-    grid = R.make_grid(output, results, list(models), max_rows=grid_rows)
+    grid = R.make_grid(output, results, list(models), max_rows=grid_rows, threshold=settings.threshold)
     summary = R.build_summary(
         results,
         models=info,
