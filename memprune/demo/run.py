@@ -251,7 +251,8 @@ def run_demo(
     scored = score(original, [im.record() for im in scoring_set], output=out / "scores.safetensors",
                    augment=augs > 1, augs=augs if augs > 1 else None, batch_size=batch_size, device=device,
                    seed=seed, workers=1, checkpoint_digest=checkpoint_sha256(data.var_path))
-    files = write_report(build_report(scored.scores, top=top), out / "scoring")
+    files = write_report(build_report(scored.scores, top=top), out / "scoring",
+                         images={im.id: im.path for im in scoring_set}, class_names=data.classes)
     timings["score"] = time.perf_counter() - t
 
     say(f"patching the top {top} of units by x{factor}")

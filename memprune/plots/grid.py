@@ -127,6 +127,7 @@ def render_extraction_grid(
     *,
     threshold: float,
     title: str = "Extraction audit",
+    reference: str = "the reference (tokenizer reconstruction)",
     across: int = 3,
     per_page: int = 15,
 ) -> list[Path]:
@@ -134,7 +135,8 @@ def render_extraction_grid(
 
     Each card shows the image id and class name, then one thumbnail per column (e.g. training image,
     reconstruction, the generation of every model). Under a model's generation: its SSCD cosine and
-    EXTRACTED (red frame) or "not extracted" (green), judged against ``threshold``. Page 1 is ``path``,
+    EXTRACTED (red frame) or "not extracted" (green), judged against ``threshold``; ``reference`` names what
+    the cosine is measured to (the legend says so). Page 1 is ``path``,
     page k > 1 is ``<stem>_p<k><suffix>`` beside it.
     """
     target = Path(path)
@@ -143,7 +145,9 @@ def render_extraction_grid(
     for k, page in enumerate(pages, start=1):
         name = target if k == 1 else target.with_name(f"{target.stem}_p{k}{target.suffix}")
         head = f"{title}: page {k} of {len(pages)}, {len(rows)} image(s)"
-        img = _extraction_page(page, columns, models, threshold, head, min(across, max(1, len(page))))
+        legend = (f"SSCD cosine of each generation to {reference}; above {threshold:.2f} = EXTRACTED (red frame), "
+                  "otherwise not extracted (green)")
+        img = _extraction_page(page, columns, models, threshold, (head, legend), min(across, max(1, len(page))))
         with atomic_write(name) as tmp:
             img.save(tmp, format="PNG", optimize=True)
         written.append(name)
@@ -151,7 +155,7 @@ def render_extraction_grid(
 
 
 def _extraction_page(rows: Sequence[GridRow], columns: Sequence[str], models: Sequence[str], threshold: float,
-                     title: str, across: int) -> Image.Image:
+                     texts: tuple[str, str], across: int) -> Image.Image:
     f_title, f_text, f_small = font(20), font(15), font(13)
     card_w = len(columns) * CELL + (len(columns) - 1) * GAP
     probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
@@ -164,10 +168,8 @@ def _extraction_page(rows: Sequence[GridRow], columns: Sequence[str], models: Se
     height = legend_h + n_lines * (card_h + 2 * PAD) + PAD
     page = Image.new("RGB", (width, height), "white")
     draw = ImageDraw.Draw(page)
-    draw.text((PAD, 8), title, fill="black", font=f_title)
-    legend = (f"SSCD cosine of each generation to the training image's reference view; above {threshold:.2f} = "
-              "EXTRACTED (red frame), otherwise not extracted (green)")
-    draw.text((PAD, 34), legend, fill=(60, 60, 60), font=f_small)
+    draw.text((PAD, 8), texts[0], fill="black", font=f_title)
+    draw.text((PAD, 34), texts[1], fill=(60, 60, 60), font=f_small)
     for i, row in enumerate(rows):
         x = PAD + (i % across) * (card_w + 3 * PAD)
         y = legend_h + (i // across) * (card_h + 2 * PAD)
