@@ -111,16 +111,25 @@ def overhead(args: argparse.Namespace, data: Path) -> dict:
     views = torch.stack([pipe.load(r, 1)[0] for r in records])
     labels = torch.tensor([r.label for r in records])
     bare_forward(model, views[: args.batch_size], labels[: args.batch_size], args.batch_size)  # warm-up
-    rounds = []
+    rounds, cpu_rounds = [], []
     for _ in range(args.repeat):
-        t = {stage: bare_forward(model, views, labels, args.batch_size, stage) for stage in ("bare", "hooks", "stats")}
+        t, c = {}, {}
+        for stage in ("bare", "hooks", "stats"):
+            c0 = time.process_time()
+            t[stage] = bare_forward(model, views, labels, args.batch_size, stage)
+            c[stage] = time.process_time() - c0
+        c0 = time.process_time()
         t["score"] = score(model, records, augment=False, batch_size=args.batch_size, device=args.device,
                            workers=args.workers).seconds
+        c["score"] = time.process_time() - c0  # includes score()'s setup (probe forward, finishing): an upper bound
         rounds.append(t)
+        cpu_rounds.append(c)
     med = {k: statistics.median(r[k] / r["bare"] for r in rounds) for k in ("hooks", "stats", "score")}
-    return {"images": len(records), "batch_size": args.batch_size, "rounds": rounds,
+    cpu = {k: statistics.median(r[k] / r["bare"] for r in cpu_rounds) for k in ("hooks", "stats", "score")}
+    return {"images": len(records), "batch_size": args.batch_size, "rounds": rounds, "cpu_rounds": cpu_rounds,
             "bare_s": statistics.median(r["bare"] for r in rounds), "score_s": statistics.median(r["score"] for r in rounds),
             "ratio": med["score"], "ratio_hooks": med["hooks"], "ratio_stats": med["stats"],
+            "cpu_ratio": cpu["score"], "cpu_ratio_hooks": cpu["hooks"], "cpu_ratio_stats": cpu["stats"],
             "score_img_per_s": len(records) / statistics.median(r["score"] for r in rounds)}
 
 
@@ -198,7 +207,9 @@ def main() -> None:
         over = overhead(args, data)
         print(f"overhead: {over['images']} images, batch {over['batch_size']}, median of {args.repeat} interleaved rounds: "
               f"bare {over['bare_s']:.2f}s, score {over['score_s']:.2f}s; ratio to bare: hooks {over['ratio_hooks']:.3f}, "
-              f"+stats {over['ratio_stats']:.3f}, score {over['ratio']:.3f} ({over['score_img_per_s']:.1f} img/s)")
+              f"+stats {over['ratio_stats']:.3f}, score {over['ratio']:.3f} ({over['score_img_per_s']:.1f} img/s); "
+              f"process CPU time ratios: hooks {over['cpu_ratio_hooks']:.3f}, +stats {over['cpu_ratio_stats']:.3f}, "
+              f"score {over['cpu_ratio']:.3f}")
         mem = memory(args, data) if not args.skip_memory else []
         for m in mem:
             print(f"memory: {m['images']} images -> peak {m['peak_bytes'] / 2**20:.1f} MiB")
