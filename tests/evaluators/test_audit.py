@@ -158,7 +158,7 @@ def test_audit_counts_exactly_the_memorized_images(photo_set, memorizers, sscd, 
     assert len(lines) == 6 * 5
 
 
-def test_baseline_before_after_and_report_files(photo_set, memorizers, sscd, tmp_path):
+def test_baseline_before_after_and_report_files(photo_set, memorizers, sscd, tmp_path, check_png):
     root, _ = photo_set
     full, patched = memorizers
     models = {"baseline": full, "model": patched}
@@ -171,7 +171,7 @@ def test_baseline_before_after_and_report_files(photo_set, memorizers, sscd, tmp
     assert summary["headline"]["reduction_percent"] == 50.0
     # Grid and images: both extracted-by-anyone candidates, with a column per model.
     grid = R.make_grid(tmp_path, results, ["baseline", "model"])
-    assert grid is not None and Image.open(grid).size[0] > 2 * 4 * 128  # two cards of four cells side by side
+    assert grid is not None and check_png(grid)[0] > 2 * 4 * 128  # two cards of four cells side by side
     first = next(r for r in results if r.extracted)
     stem = safe_name(first.id)
     names = sorted(p.name for p in (tmp_path / "extracted").iterdir() if p.name.startswith(stem + "_"))
