@@ -5,8 +5,10 @@
 
 1. **Overhead.** The same images (a random small VAR at 64 px: depth 4, width 256, 4 scales, release-layout
    VQVAE with ch 32) are run (a) bare: views preloaded in memory, ``encode`` + ``teacher_forced`` per batch,
-   no hooks; (b) through ``score(...)`` (images read from PNG files by the prefetching loader, hooks reducing
-   to per-scale means, streaming statistics). Reported: time(score loop) / time(bare), best of ``--repeat``.
+   no hooks; (b) the same plus the group-mean hooks; (c) plus the streaming statistics; (d) through
+   ``score(...)`` (images read from PNG files by the prefetching loader). Each of ``--repeat`` rounds runs all
+   four back to back; reported: the median over rounds of time(x) / time(bare), so (b), (c) and (d) show where
+   the overhead goes.
 2. **Memory.** Peak RSS (CPU) or peak CUDA memory of a fresh process scoring 100 and then 1000 images; the
    statistics are O(units x groups), so the two should be close (only the image-id list grows).
 3. **Estimate** of 1% of ImageNet (12,811 images, 10 views each) on VAR-d30 on one GPU, from FLOPs:
@@ -20,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import resource
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -50,32 +53,84 @@ def make_images(root: Path, n: int, size: int = 64, classes: int = 10) -> Path:
     return root
 
 
-def bare_forward(model, views: torch.Tensor, labels: torch.Tensor, batch: int) -> float:
-    sync = torch.cuda.synchronize if model.device.type == "cuda" else (lambda: None)
-    sync()
+def _sync(model) -> None:
+    if model.device.type == "cuda":
+        torch.cuda.synchronize(model.device)
+
+
+def bare_forward(model, views: torch.Tensor, labels: torch.Tensor, batch: int, stage: str = "bare") -> float:
+    """One pass over preloaded views; ``stage`` adds the scoring pieces one at a time.
+
+    ``bare``: encode + teacher_forced. ``hooks``: + the group-mean hooks. ``stats``: + the streaming statistics
+    (everything ``score`` does except reading the images from disk and the run's bookkeeping).
+    """
+    from memprune.scoring.hooks import capture_groups
+    from memprune.scoring.stats import StreamingStats
+
+    points = model.hook_points("fc1")
+    cap_ctx = capture_groups(points, model.position_groups()) if stage != "bare" else None
+    stats = None
+    _sync(model)
     t0 = time.perf_counter()
     with torch.no_grad():
-        for b in range(0, len(views), batch):
-            x = views[b : b + batch].to(model.device)
-            model.teacher_forced(model.encode(x), labels[b : b + batch].to(model.device))
-    sync()
+        cap = cap_ctx.__enter__() if cap_ctx is not None else None
+        try:
+            for b in range(0, len(views), batch):
+                x = views[b : b + batch].to(model.device)
+                y = labels[b : b + batch].to(model.device)
+                tokens = model.encode(x)
+                if cap is not None:
+                    cap.begin()
+                model.teacher_forced(tokens, y)
+                if cap is None:
+                    continue
+                values = cap.end()
+                if stage == "stats":
+                    if stats is None:
+                        stats = StreamingStats({k: tuple(v.shape[1:]) for k, v in values.items()}, model.device)
+                    index = torch.arange(b, b + len(x), device=model.device)
+                    for name, value in values.items():
+                        stats.update(name, value, index)
+                    stats.add_images(len(x))
+        finally:
+            if cap_ctx is not None:
+                cap_ctx.__exit__(None, None, None)
+    _sync(model)
     return time.perf_counter() - t0
 
 
 def overhead(args: argparse.Namespace, data: Path) -> dict:
+    """Interleaved rounds of bare / hooks / stats / score on the same images; ratios per round, then the median.
+
+    Interleaving puts every variant under the same machine load in each round (the build machine is shared), and
+    the median of the per-round ratios is robust to a round disturbed by other jobs.
+    """
     model = build_var_model(SMALL, SMALL_VAE, seed=0, device=args.device)
     records = load_records(data).records[: args.images]
     pipe = ViewPipeline("center", model.image_size)
     views = torch.stack([pipe.load(r, 1)[0] for r in records])
     labels = torch.tensor([r.label for r in records])
     bare_forward(model, views[: args.batch_size], labels[: args.batch_size], args.batch_size)  # warm-up
-    bare, scored = [], []
+    rounds, cpu_rounds = [], []
     for _ in range(args.repeat):
-        bare.append(bare_forward(model, views, labels, args.batch_size))
-        res = score(model, records, augment=False, batch_size=args.batch_size, device=args.device, workers=args.workers)
-        scored.append(res.seconds)
-    return {"images": len(records), "batch_size": args.batch_size, "bare_s": min(bare), "score_s": min(scored),
-            "ratio": min(scored) / min(bare), "score_img_per_s": len(records) / min(scored)}
+        t, c = {}, {}
+        for stage in ("bare", "hooks", "stats"):
+            c0 = time.process_time()
+            t[stage] = bare_forward(model, views, labels, args.batch_size, stage)
+            c[stage] = time.process_time() - c0
+        c0 = time.process_time()
+        t["score"] = score(model, records, augment=False, batch_size=args.batch_size, device=args.device,
+                           workers=args.workers).seconds
+        c["score"] = time.process_time() - c0  # includes score()'s setup (probe forward, finishing): an upper bound
+        rounds.append(t)
+        cpu_rounds.append(c)
+    med = {k: statistics.median(r[k] / r["bare"] for r in rounds) for k in ("hooks", "stats", "score")}
+    cpu = {k: statistics.median(r[k] / r["bare"] for r in cpu_rounds) for k in ("hooks", "stats", "score")}
+    return {"images": len(records), "batch_size": args.batch_size, "rounds": rounds, "cpu_rounds": cpu_rounds,
+            "bare_s": statistics.median(r["bare"] for r in rounds), "score_s": statistics.median(r["score"] for r in rounds),
+            "ratio": med["score"], "ratio_hooks": med["hooks"], "ratio_stats": med["stats"],
+            "cpu_ratio": cpu["score"], "cpu_ratio_hooks": cpu["hooks"], "cpu_ratio_stats": cpu["stats"],
+            "score_img_per_s": len(records) / statistics.median(r["score"] for r in rounds)}
 
 
 def child(n: int, data: str, device: str, batch: int) -> None:
@@ -135,7 +190,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--images", type=int, default=400)
     ap.add_argument("--batch-size", type=int, default=32)
-    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--repeat", type=int, default=5, help="interleaved rounds (the median ratio is reported)")
+    ap.add_argument("--skip-memory", action="store_true", help="only the overhead rounds")
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--gpu-tflops", type=float, default=300.0)
@@ -149,9 +205,12 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         data = make_images(Path(tmp) / "data", max(1000, args.images))
         over = overhead(args, data)
-        print(f"overhead: {over['images']} images, batch {over['batch_size']}: bare {over['bare_s']:.2f}s, "
-              f"score {over['score_s']:.2f}s, ratio {over['ratio']:.3f} ({over['score_img_per_s']:.1f} img/s)")
-        mem = memory(args, data)
+        print(f"overhead: {over['images']} images, batch {over['batch_size']}, median of {args.repeat} interleaved rounds: "
+              f"bare {over['bare_s']:.2f}s, score {over['score_s']:.2f}s; ratio to bare: hooks {over['ratio_hooks']:.3f}, "
+              f"+stats {over['ratio_stats']:.3f}, score {over['ratio']:.3f} ({over['score_img_per_s']:.1f} img/s); "
+              f"process CPU time ratios: hooks {over['cpu_ratio_hooks']:.3f}, +stats {over['cpu_ratio_stats']:.3f}, "
+              f"score {over['cpu_ratio']:.3f}")
+        mem = memory(args, data) if not args.skip_memory else []
         for m in mem:
             print(f"memory: {m['images']} images -> peak {m['peak_bytes'] / 2**20:.1f} MiB")
     est = estimate(args, over["ratio"])

@@ -24,3 +24,23 @@ def tiny_var_st(tmp_path: Path) -> Path:
     path = tmp_path / "var_tiny.safetensors"
     save_safetensors(var_state_dict(), path)
     return path
+
+
+def _check_png(path: Path, min_size: tuple[int, int] = (64, 64), max_size: tuple[int, int] = (6000, 6000)) -> tuple[int, int]:
+    """Open a written figure: a PNG within the size bounds whose pixels are not one flat colour."""
+    import numpy as np
+    from PIL import Image
+
+    with Image.open(path) as im:
+        assert im.format == "PNG", f"{path} is {im.format}, not PNG"
+        w, h = im.size
+        arr = np.asarray(im.convert("L"), dtype=float)
+    assert min_size[0] <= w <= max_size[0] and min_size[1] <= h <= max_size[1], f"{path} is {w}x{h}"
+    assert arr.std() > 5 and (arr < 128).mean() > 0.001, f"{path} looks blank"
+    return w, h
+
+
+@pytest.fixture
+def check_png():
+    """``check_png(path, min_size=(w, h), max_size=(w, h))``: assert a figure is a non-blank PNG of sane size."""
+    return _check_png

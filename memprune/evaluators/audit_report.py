@@ -28,11 +28,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
-from PIL import Image, ImageDraw
+from PIL import Image
 
 from memprune import __version__
 from memprune.errors import MempruneError
 from memprune.io import atomic_write, write_json_atomic
+from memprune.plots.grid import GridRow, class_name, render_extraction_grid, safe_name
 
 if TYPE_CHECKING:
     from memprune.evaluators.audit import BatchImages, CandidateResult
@@ -50,8 +51,6 @@ CSV_COLUMNS = (
     "index", "id", "path", "label", "model", "prefix", "prefix_tokens", "hit_rate", "similarity",
     "similarity_image", "reconstruction_similarity", "token_match", "extracted", "counted", "condition",
 )  # fmt: skip
-_CELL = 128
-_CAPTION = 14
 
 
 # ---------------------------------------------------------------------------------------------- JSON lines
@@ -279,7 +278,7 @@ def save_extracted_images(out_dir: str | os.PathLike, result: CandidateResult, i
     """Save the view, reconstruction and every model's generation of an extracted candidate (once)."""
     folder = Path(out_dir) / EXTRACTED_DIR
     folder.mkdir(exist_ok=True)
-    stem = f"{result.index:05d}"
+    stem = safe_name(result.id)
     pictures = {"image": images.views[row], "reconstruction": images.recons[row]}
     pictures.update({name: gen[row] for name, gen in images.generations.items()})
     for name, img in pictures.items():
@@ -289,40 +288,35 @@ def save_extracted_images(out_dir: str | os.PathLike, result: CandidateResult, i
 
 
 def make_grid(
-    out_dir: str | os.PathLike, results: Sequence[CandidateResult], models: Sequence[str], max_rows: int = 32
+    out_dir: str | os.PathLike,
+    results: Sequence[CandidateResult],
+    models: Sequence[str],
+    max_rows: int = 32,
+    class_names: Sequence[str] | None = None,
+    threshold: float = 0.75,
 ) -> Path | None:
-    """Draw ``extracted_grid.png``: per extracted candidate, image | reconstruction | one column per model.
+    """Draw ``extracted_grid.png`` (more pages as ``extracted_grid_p2.png``...): per extracted candidate, image,
+    reconstruction and every model's generation with its cosine and verdict (:mod:`memprune.plots.grid`).
 
     Returns:
-        The grid path, or ``None`` when nothing was extracted.
+        The first page, or ``None`` when nothing was extracted.
     """
     counted = [r for r in results if r.counted]
     hit = sorted({r.index for r in counted if r.extracted})[:max_rows]
     if not hit:
         return None
-    sims = {(r.index, r.model): r.similarity for r in counted}
-    ids = {r.index: (r.id, r.label) for r in counted}
-    columns = ["image", "reconstruction", *models]
-    width, height = _CELL * len(columns), _CAPTION + len(hit) * (_CELL + _CAPTION)
-    grid = Image.new("RGB", (width, height), "white")
-    draw = ImageDraw.Draw(grid)
-    for c, name in enumerate(columns):
-        draw.text((c * _CELL + 3, 1), name, fill="black")
+    by_key = {(r.index, r.model): r for r in counted}
     folder = Path(out_dir) / EXTRACTED_DIR
-    for k, index in enumerate(hit):
-        y = _CAPTION + k * (_CELL + _CAPTION)
-        image_id, label = ids[index]
-        scores = " ".join(f"{m}={sims[(index, m)]:.2f}" for m in models if (index, m) in sims)
-        draw.text((3, y + 1), f"{image_id[-40:]}  class {label}  cos {scores}", fill="black")
-        for c, name in enumerate(columns):
-            path = folder / f"{index:05d}_{name}.png"
-            if path.is_file():
-                with Image.open(path) as cell:
-                    grid.paste(cell.convert("RGB").resize((_CELL, _CELL), Image.Resampling.BILINEAR), (c * _CELL, y + _CAPTION))
-    target = Path(out_dir) / GRID_NAME
-    with atomic_write(target) as tmp:
-        grid.save(tmp, format="PNG")
-    return target
+    columns = ["training image", "reconstruction", *models]
+    rows = []
+    for index in hit:
+        first = next(r for r in counted if r.index == index)
+        files = {c: folder / f"{safe_name(first.id)}_{f}.png" for c, f in zip(columns, ["image", "reconstruction", *models])}
+        rows.append(GridRow(first.id, class_name(first.label, class_names),
+                            {c: p if p.is_file() else None for c, p in files.items()},
+                            {m: by_key[(index, m)].similarity if (index, m) in by_key else None for m in models},
+                            {m: (index, m) in by_key and by_key[(index, m)].extracted for m in models}))
+    return render_extraction_grid(rows, columns, models, Path(out_dir) / GRID_NAME, threshold=threshold)[0]
 
 
 def _to_pil(img: torch.Tensor) -> Image.Image:

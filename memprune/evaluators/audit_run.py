@@ -119,7 +119,7 @@ def audit(
                     f.unlink(missing_ok=True)
         raise
     R.write_results_csv(results, output / R.RESULTS_CSV)
-    grid = R.make_grid(output, R.best_rows(results), list(models), max_rows=grid_rows) if grid_rows else None
+    grid = R.make_grid(output, R.best_rows(results), list(models), max_rows=grid_rows, threshold=settings.threshold) if grid_rows else None
     summary = R.build_summary(
         results,
         models=info,

@@ -16,8 +16,7 @@ are seen; the covariance equals ``np.cov(features, rowvar=False)``.
 from __future__ import annotations
 
 import os
-import warnings
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -39,7 +38,6 @@ from memprune.io import atomic_write
 PROTOCOL = "pytorch-fid"
 INCEPTION_SIZE = 299
 FEATURE_DIM = 2048
-_IMAG_TOL = 1e-3  # largest tolerated imaginary part on the diagonal of sqrtm(s1 s2), as pytorch-fid
 
 
 def preprocess_for_inception(images: torch.Tensor) -> torch.Tensor:
@@ -68,29 +66,36 @@ def inception_features(model: FIDInceptionV3, images: ImageInput, batch_size: in
 
 @dataclass(frozen=True)
 class FIDStats:
-    """Mean and covariance of Inception features.
+    """Mean and covariance of Inception features, and optionally the features themselves (for KID).
 
     Attributes:
         mu: float64 ``[D]``.
         sigma: float64 ``[D, D]``.
         num_images: Images the statistics were computed from (0 if unknown, e.g. a pytorch-fid file).
         protocol: Preprocessing protocol (``pytorch-fid``) or ``unknown`` for foreign files.
+        features: float32 ``[N, D]`` feature rows, or ``None`` (pytorch-fid files hold only mu and sigma).
     """
 
     mu: np.ndarray
     sigma: np.ndarray
     num_images: int = 0
     protocol: str = PROTOCOL
+    features: np.ndarray | None = field(default=None, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         mu, sigma = np.atleast_1d(self.mu), np.atleast_2d(self.sigma)
         if mu.ndim != 1 or sigma.shape != (mu.shape[0], mu.shape[0]):
             raise MempruneError(f"FID statistics need mu [D] and sigma [D, D]; got {mu.shape} and {sigma.shape}")
+        f = self.features
+        if f is not None and (f.ndim != 2 or f.shape[1] != mu.shape[0]):
+            raise MempruneError(f"FID features must be [N, {mu.shape[0]}], got {f.shape}; recompute the statistics")
 
     def save(self, path: str | os.PathLike) -> None:
-        """Write ``mu``/``sigma`` (pytorch-fid's keys) plus ``num_images``/``protocol`` to an ``.npz`` atomically."""
+        """Write ``mu``/``sigma`` (pytorch-fid's keys) plus ``num_images``/``protocol`` (and ``features``) atomically."""
+        extra = {"num_images": np.int64(self.num_images), "protocol": np.array(self.protocol)}
+        if self.features is not None:
+            extra["features"] = self.features.astype(np.float32)
         with atomic_write(path) as tmp, open(tmp, "wb") as fh:
-            extra = {"num_images": np.int64(self.num_images), "protocol": np.array(self.protocol)}
             np.savez(fh, mu=self.mu, sigma=self.sigma, **extra)
 
     @classmethod
@@ -104,30 +109,34 @@ class FIDStats:
                 mu, sigma = data["mu"].astype(np.float64), data["sigma"].astype(np.float64)
                 n = int(data["num_images"]) if "num_images" in data else 0
                 protocol = str(data["protocol"]) if "protocol" in data else "unknown"
+                features = data["features"].astype(np.float32) if "features" in data else None
         except KeyError:
             raise MempruneError(f"{str(path)!r} has no mu/sigma arrays; pass a statistics .npz or a folder of images") from None
         except (OSError, ValueError) as exc:
             raise MempruneError(f"cannot read FID statistics {str(path)!r} ({exc}); pass an .npz with mu, sigma") from None
-        return cls(mu, sigma, n, protocol)
+        return cls(mu, sigma, n, protocol, features)
 
 
 @dataclass
 class FeatureStatsAccumulator:
     """Streaming mean/covariance of feature rows in float64: ``update(features)``, ``compute()``, ``reset()``.
 
-    ``dim`` fixes the feature width; ``None`` takes it from the first batch.
+    ``dim`` fixes the feature width; ``None`` takes it from the first batch. ``keep_features`` also keeps the
+    rows (float32, 8 KB per image at 2048 dimensions) so that KID can be computed from the statistics.
     """
 
     dim: int | None = None
     protocol: str = PROTOCOL
+    keep_features: bool = False
     count: int = field(default=0, init=False)
     _shift: np.ndarray | None = field(default=None, init=False, repr=False)
     _sum: np.ndarray | None = field(default=None, init=False, repr=False)
     _outer: np.ndarray | None = field(default=None, init=False, repr=False)
+    _rows: list[np.ndarray] = field(default_factory=list, init=False, repr=False)
 
     def reset(self) -> None:
         """Forget everything seen so far."""
-        self.count, self._shift, self._sum, self._outer = 0, None, None, None
+        self.count, self._shift, self._sum, self._outer, self._rows = 0, None, None, None, []
 
     def update(self, features: np.ndarray | torch.Tensor) -> None:
         """Add feature rows ``[B, dim]``."""
@@ -149,6 +158,8 @@ class FeatureStatsAccumulator:
         self._sum += centred.sum(axis=0)
         self._outer += centred.T @ centred
         self.count += x.shape[0]
+        if self.keep_features:  # float32 halves the memory; KID is computed in float64 from these rows
+            self._rows.append(x.astype(np.float32))
 
     def compute(self) -> FIDStats:
         """Mean and unbiased covariance (``np.cov(rowvar=False)``) of all rows seen."""
@@ -156,32 +167,21 @@ class FeatureStatsAccumulator:
             raise MempruneError(f"FID statistics need at least 2 images, got {self.count}")
         mean_c = self._sum / self.count
         sigma = (self._outer - self.count * np.outer(mean_c, mean_c)) / (self.count - 1)
-        return FIDStats(self._shift + mean_c, (sigma + sigma.T) / 2, self.count, self.protocol)
+        features = np.concatenate(self._rows) if self.keep_features else None
+        return FIDStats(self._shift + mean_c, (sigma + sigma.T) / 2, self.count, self.protocol, features)
 
 
-def frechet_distance(s1: FIDStats, s2: FIDStats, eps: float = 1e-6) -> float:
-    """FID between two statistics: ``|mu1 - mu2|^2 + tr(S1 + S2 - 2 sqrt(S1 S2))``.
-
-    ``sqrt(S1 S2)`` is computed with ``scipy.linalg.sqrtm``; if the product is singular (non-finite result,
-    e.g. fewer images than dimensions) it is recomputed with ``eps * I`` added to both covariances. A
-    negligible imaginary part from round-off is dropped.
+def frechet_distance(s1: FIDStats, s2: FIDStats) -> float:
+    """FID between two statistics: ``|mu1 - mu2|^2 + tr(S1) + tr(S2) - 2 tr sqrt(S1 S2)``.
 
     Raises:
-        MempruneError: On mismatched dimensions or protocols, or a large imaginary component.
+        MempruneError: On mismatched dimensions or protocols, or a covariance that is not positive semi-definite.
     """
-    if s1.mu.shape != s2.mu.shape:
-        raise MempruneError(
-            f"FID statistics have different dimensions ({s1.mu.shape[0]} vs {s2.mu.shape[0]}); "
-            "use the same feature extractor"
-        )
-    if "unknown" not in (s1.protocol, s2.protocol) and s1.protocol != s2.protocol:
-        raise MempruneError(f"FID statistics use different protocols ({s1.protocol} vs {s2.protocol}); recompute one side")
-    return frechet_distance_arrays(s1.mu, s1.sigma, s2.mu, s2.sigma, eps=eps)
+    _check_compatible(s1, s2)
+    return frechet_distance_arrays(s1.mu, s1.sigma, s2.mu, s2.sigma)
 
 
-def frechet_distance_arrays(
-    mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma2: np.ndarray, eps: float = 1e-6
-) -> float:
+def frechet_distance_arrays(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma2: np.ndarray) -> float:
     """:func:`frechet_distance` on raw arrays."""
     mu1, mu2 = np.atleast_1d(mu1).astype(np.float64), np.atleast_1d(mu2).astype(np.float64)
     sigma1, sigma2 = np.atleast_2d(sigma1).astype(np.float64), np.atleast_2d(sigma2).astype(np.float64)
@@ -191,28 +191,50 @@ def frechet_distance_arrays(
             f"FID inputs disagree in shape (mu {mu1.shape}/{mu2.shape}, sigma {sigma1.shape}/{sigma2.shape}); "
             "use statistics from the same feature extractor"
         )
-    linalg = _import_scipy_linalg()
     diff = mu1 - mu2
-    product = sigma1 @ sigma2
-    with warnings.catch_warnings():
-        # scipy warns on a singular product; that case is detected below and retried with an offset.
-        warnings.simplefilter("ignore", getattr(linalg, "LinAlgWarning", RuntimeWarning))
-        covmean = linalg.sqrtm(product)
-    if not _is_good_sqrt(covmean, product):
-        warnings.warn(f"FID: sqrtm(sigma1 sigma2) failed (singular product); adding {eps} * I to both", stacklevel=2)
-        offset = np.eye(sigma1.shape[0]) * eps
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", getattr(linalg, "LinAlgWarning", RuntimeWarning))
-            covmean = linalg.sqrtm((sigma1 + offset) @ (sigma2 + offset))
-    if np.iscomplexobj(covmean):
-        max_imag = float(np.max(np.abs(np.diagonal(covmean).imag)))
-        if max_imag > _IMAG_TOL:
-            raise MempruneError(
-                f"FID: sqrtm(sigma1 sigma2) has an imaginary component of {max_imag:.3g}; the covariances are "
-                "ill-conditioned, use more images"
-            )
-        covmean = covmean.real
-    return float(diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2.0 * np.trace(covmean))
+    return float(diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2.0 * trace_sqrt_product(sigma1, sigma2))
+
+
+def trace_sqrt_product(a: np.ndarray, b: np.ndarray) -> float:
+    """``tr sqrt(A B)`` for symmetric positive semi-definite ``A``, ``B``, by symmetric eigen-decompositions.
+
+    ``A B`` is similar to ``sqrt(A) B sqrt(A)``, which is symmetric PSD, so its square-root trace is the sum of
+    the square roots of that matrix's eigenvalues. Two ``eigh`` calls replace ``scipy.linalg.sqrtm`` (a Schur
+    decomposition of a non-symmetric matrix: 77 of 96 s of a small run at 2048 dimensions), stay real, and
+    need no ``eps`` retry when the covariances are singular (fewer images than dimensions).
+
+    Raises:
+        MempruneError: ``A`` or ``B`` has a clearly negative eigenvalue (not a covariance).
+    """
+    a, b = (np.asarray(m, np.float64) for m in (a, b))
+    a, b = (a + a.T) / 2, (b + b.T) / 2
+    w, v = np.linalg.eigh(a)
+    _check_psd(w, "first")
+    root = (v * np.sqrt(np.clip(w, 0.0, None))) @ v.T
+    inner = root @ b @ root
+    ev = np.linalg.eigvalsh((inner + inner.T) / 2)
+    _check_psd(ev, "second")
+    return float(np.sqrt(np.clip(ev, 0.0, None)).sum())
+
+
+def _check_psd(eigenvalues: np.ndarray, which: str) -> None:
+    # Round-off leaves eigenvalues of about -1e-16 x the largest; anything well below that is a real defect.
+    scale = float(np.abs(eigenvalues).max(initial=0.0))
+    if eigenvalues.size and float(eigenvalues.min()) < -1e-6 * max(scale, 1e-300):
+        raise MempruneError(
+            f"FID: the {which} covariance is not positive semi-definite (eigenvalue {eigenvalues.min():.3g}); "
+            "recompute the statistics from images"
+        )
+
+
+def _check_compatible(s1: FIDStats, s2: FIDStats) -> None:
+    if s1.mu.shape != s2.mu.shape:
+        raise MempruneError(
+            f"FID statistics have different dimensions ({s1.mu.shape[0]} vs {s2.mu.shape[0]}); "
+            "use the same feature extractor"
+        )
+    if "unknown" not in (s1.protocol, s2.protocol) and s1.protocol != s2.protocol:
+        raise MempruneError(f"FID statistics use different protocols ({s1.protocol} vs {s2.protocol}); recompute one side")
 
 
 def compute_stats(model: FIDInceptionV3, images: Iterable[ImageInput] | ImageInput, batch_size: int = 50) -> FIDStats:
@@ -224,13 +246,23 @@ def compute_stats(model: FIDInceptionV3, images: Iterable[ImageInput] | ImageInp
 
 
 def compute_stats_for_folder(
-    folder: str | os.PathLike, model: FIDInceptionV3, batch_size: int = 50, recursive: bool = True
+    folder: str | os.PathLike,
+    model: FIDInceptionV3,
+    batch_size: int = 50,
+    recursive: bool = True,
+    keep_features: bool = True,
+    progress: Callable[[int, int], None] | None = None,
 ) -> FIDStats:
-    """Statistics of every image file in ``folder`` (any mode and size; see :mod:`~memprune.evaluators.images`)."""
+    """Statistics of every image file in ``folder`` (any mode and size; see :mod:`~memprune.evaluators.images`).
+
+    ``keep_features`` keeps the feature rows for KID; ``progress(done, total)`` is called after every batch.
+    """
     files = list_image_files(folder, recursive=recursive)
-    acc = FeatureStatsAccumulator()
+    acc = FeatureStatsAccumulator(keep_features=keep_features)
     for start in range(0, len(files), batch_size):
         acc.update(inception_features(model, files[start : start + batch_size], batch_size))
+        if progress:
+            progress(min(start + batch_size, len(files)), len(files))
     return acc.compute()
 
 
@@ -257,23 +289,6 @@ def load_reference(spec: str | os.PathLike, model: FIDInceptionV3 | None = None,
     return FIDStats.load(path)
 
 
-def _is_good_sqrt(root: np.ndarray, product: np.ndarray, rtol: float = 1e-5) -> bool:
-    # Older scipy returns inf/nan for a singular product; newer versions return a root whose square may
-    # miss the product. Either way the eps-regularized retry is the answer.
-    if not np.isfinite(root).all():
-        return False
-    scale = np.linalg.norm(product)
-    return bool(scale == 0 or np.linalg.norm(root @ root - product) <= rtol * scale)
-
-
-def _import_scipy_linalg():  # noqa: ANN202 - returns the module
-    try:
-        from scipy import linalg
-    except ImportError:
-        raise MempruneError("FID needs scipy; run `pip install scipy` (or `pip install memprune[fid]`)") from None
-    return linalg
-
-
 def _as_batches(images: Iterable[ImageInput] | ImageInput) -> Iterable[ImageInput]:
     # A tensor/array/PIL image/path is one input; a list is one input too (its items are images); anything
     # else iterable (a generator, a DataLoader) yields batches.
@@ -293,7 +308,8 @@ class FIDMetric:
 
     def __init__(self, model: FIDInceptionV3, reference: FIDStats, batch_size: int = 50) -> None:
         self.model, self.reference, self.batch_size = model, reference, batch_size
-        self._acc = FeatureStatsAccumulator(dim=reference.mu.shape[0])
+        # Keep the sample features when the reference has its own, so that KID can be computed beside FID.
+        self._acc = FeatureStatsAccumulator(dim=reference.mu.shape[0], keep_features=reference.features is not None)
 
     @property
     def num_images(self) -> int:

@@ -26,7 +26,7 @@ import inspect
 import os
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -35,6 +35,7 @@ from PIL import Image
 from memprune.errors import MempruneError
 from memprune.evaluators.fid import FIDMetric, FIDStats, frechet_distance
 from memprune.evaluators.inception import FIDInceptionV3
+from memprune.evaluators.kid import DEFAULT_SUBSETS, KIDResult, kernel_inception_distance
 from memprune.models.base import IARModel
 
 DEFAULT_PER_CLASS = 50
@@ -159,12 +160,20 @@ def generate_images(
 
 @dataclass
 class FIDRun:
-    """The outcome of :func:`evaluate_fid`."""
+    """The outcome of :func:`evaluate_fid`.
+
+    ``seconds`` is sampling plus Inception (what ``images_per_second`` divides by); ``distance_seconds`` is
+    the Frechet distance and KID after it, which do not grow with the number of images.
+    """
 
     fid: float
     stats: FIDStats
     num_images: int
     seconds: float
+    distance_seconds: float = 0.0
+    kid: KIDResult | None = None
+    first_images: list[torch.Tensor] = field(default_factory=list, repr=False)
+    first_labels: list[int] = field(default_factory=list, repr=False)
 
     @property
     def images_per_second(self) -> float:
@@ -182,36 +191,54 @@ def evaluate_fid(
     seed: int = 0,
     save_dir: str | os.PathLike | None = None,
     progress: Callable[[int, int], None] | None = None,
+    kid_subsets: int = DEFAULT_SUBSETS,
+    keep_first: int = 0,
 ) -> FIDRun:
     """Generate one image per label, stream their Inception features and return the FID to ``reference``.
 
     Args:
         model: the generator.
         inception: FID Inception network (:func:`memprune.evaluators.load_inception`).
-        reference: reference statistics (:func:`memprune.evaluators.load_reference`).
+        reference: reference statistics (:func:`memprune.evaluators.load_reference`); when it holds feature rows,
+            KID is computed too.
         labels: one class id per image (:func:`fid_labels`).
         settings: sampling settings (:func:`published_settings`, :func:`with_overrides`).
         batch_size: images per generation batch (part of what makes a run reproducible).
         seed: batch ``b`` is sampled with ``seed + b``.
         save_dir: also write every image as ``{i:06d}_class{label}.png`` there (for other evaluators).
-        progress: called as ``progress(done, total)`` after every batch.
+        progress: called as ``progress(done, len(labels) + 1)`` after every batch and once more after the
+            distance (its own last step, so a bar reaches the end only when the result is ready).
+        kid_subsets: KID subsets (0 = no KID).
+        keep_first: keep the first this many images (uint8, on the CPU) for a sample sheet.
     """
     if len(labels) < 2:
         raise MempruneError(f"FID needs at least 2 images, got {len(labels)}: raise --per-class or --classes")
     if save_dir is not None:
         Path(save_dir).mkdir(parents=True, exist_ok=True)
     metric = FIDMetric(inception, reference, batch_size=batch_size)
+    steps = len(labels) + 1
     done, started = 0, time.perf_counter()
+    first: list[torch.Tensor] = []
     for chunk, images in generate_images(model, labels, settings, batch_size=batch_size, seed=seed):
         metric.update(images)
         if save_dir is not None:
             _save_pngs(images, chunk, done, Path(save_dir))
+        if len(first) < keep_first:
+            first += list(images[: keep_first - len(first)].mul(255).round().to(torch.uint8).cpu())
         done += len(chunk)
         if progress:
-            progress(done, len(labels))
+            progress(done, steps)
+    generated = time.perf_counter()
     stats = metric.stats()
     fid = frechet_distance(stats, reference)
-    return FIDRun(fid, stats, done, time.perf_counter() - started)
+    kid = None
+    if kid_subsets > 0 and stats.features is not None and reference.features is not None:
+        device = next(inception.parameters()).device
+        kid = kernel_inception_distance(stats.features, reference.features, subsets=kid_subsets, seed=seed, device=device)
+    if progress:
+        progress(steps, steps)
+    return FIDRun(fid, stats, done, generated - started, time.perf_counter() - generated, kid, first,
+                  labels[: len(first)].tolist())
 
 
 def _save_pngs(images: torch.Tensor, labels: torch.Tensor, offset: int, folder: Path) -> None:

@@ -17,10 +17,10 @@ Written as ``report.json`` and, when matplotlib is installed, ``heatmap.png``, `
 from __future__ import annotations
 
 import logging
-import math
 import os
 import re
 from collections import Counter
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -162,8 +162,16 @@ def _num_mem_units(s: ScoreSet, units: dict[str, list[int]], where: dict[str, to
     return per_image, tops
 
 
-def write_report(report: Report, out_dir: str | os.PathLike) -> list[Path]:
+def write_report(
+    report: Report,
+    out_dir: str | os.PathLike,
+    images: Mapping[str, str | os.PathLike] | None = None,
+    class_names: Sequence[str] | None = None,
+) -> list[Path]:
     """Write ``report.json`` and the PNG figures (skipped with a note when matplotlib is missing).
+
+    ``images`` (image id -> file) and ``class_names`` (class id -> name) put thumbnails and names beside the
+    most memorized images in ``num_mem_units.png``; without them it shows ids and ``class N``.
 
     Returns:
         The files written.
@@ -186,62 +194,16 @@ def write_report(report: Report, out_dir: str | os.PathLike) -> list[Path]:
             report.notes.append(msg)
     files = []
     if plt is not None:
-        files += _figures(report, out, plt)
+        from memprune.plots import figures
+        from memprune.plots.grid import class_name
+
+        files += [figures.heatmap(report, out / "heatmap.png", plt), figures.histograms(report, out / "histograms.png", plt),
+                  figures.top_units(report, out / "top_units.png", plt)]
+        if report.top_images:
+            found = {k: Path(v) for k, v in (images or {}).items()}
+            thumbs = [found[t["id"]] if t["id"] in found and found[t["id"]].is_file() else None for t in report.top_images]
+            names = [class_name(t["label"], class_names) for t in report.top_images]
+            files.append(figures.num_mem_units(report, out / "num_mem_units.png", plt, thumbs, names))
     path = out / "report.json"
     write_json_atomic(path, asdict(report))
     return [path, *files]
-
-
-def _save(fig: Any, path: Path, plt: Any) -> Path:
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
-
-
-def _figures(r: Report, out: Path, plt: Any) -> list[Path]:
-    files = []
-    fig, axes = plt.subplots(1, len(r.kinds), figsize=(1.5 + 0.6 * len(r.groups) * len(r.kinds), 1.5 + 0.3 * len(r.blocks)),
-                             squeeze=False)
-    for ax, kind in zip(axes[0], r.kinds):
-        im = ax.imshow(r.heatmap[kind], aspect="auto", cmap="Reds", interpolation="nearest")
-        ax.set_xticks(range(len(r.groups)), r.groups, rotation=60, fontsize=7)
-        ax.set_yticks(range(len(r.blocks)), [str(b) for b in r.blocks], fontsize=7)
-        ax.set_xlabel("position group")
-        ax.set_ylabel("block")
-        ax.set_title(f"summed UnitMem ({kind})", fontsize=9)
-        fig.colorbar(im, ax=ax)
-    files.append(_save(fig, out / "heatmap.png", plt))
-
-    names = list(r.histograms)
-    cols = min(6, len(names))
-    rows = math.ceil(len(names) / cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(2.2 * cols, 1.8 * rows), squeeze=False, sharex=True)
-    centers = [(a + b) / 2 for a, b in zip(r.bin_edges[:-1], r.bin_edges[1:])]
-    for ax, name in zip(axes.flat, names):
-        ax.bar(centers, r.histograms[name], width=1 / len(centers), color="tab:red")
-        ax.set_yscale("symlog")
-        ax.set_title(name, fontsize=7)
-        ax.tick_params(labelsize=6)
-    for ax in list(axes.flat)[len(names):]:
-        ax.axis("off")
-    files.append(_save(fig, out / "histograms.png", plt))
-
-    fig, ax = plt.subplots(figsize=(max(4, 0.3 * len(r.blocks)), 3))
-    width = 0.8 / len(r.kinds)
-    for j, kind in enumerate(r.kinds):
-        ax.bar([b + j * width for b in range(len(r.blocks))], [100 * v for v in r.top_share_of_block[kind]], width, label=kind)
-    ax.set_xticks(range(len(r.blocks)), [str(b) for b in r.blocks], fontsize=7)
-    ax.set_xlabel("block")
-    ax.set_ylabel(f"% of block's units in top {r.top}")
-    ax.legend(fontsize=7)
-    files.append(_save(fig, out / "top_units.png", plt))
-
-    if r.top_images:
-        fig, ax = plt.subplots(figsize=(6, 0.25 * len(r.top_images) + 1))
-        ax.barh(range(len(r.top_images)), [t["num_mem_units"] for t in r.top_images], color="tab:red")
-        ax.set_yticks(range(len(r.top_images)), [t["id"] for t in r.top_images], fontsize=6)
-        ax.invert_yaxis()
-        ax.set_xlabel(f"NumMemUnits (top {r.top} units whose maximum is this image)")
-        files.append(_save(fig, out / "num_mem_units.png", plt))
-    return files

@@ -201,3 +201,65 @@ def test_fid_and_fid_stats_commands_with_real_inception(var_files, tmp_path):
     res = runner.invoke(app, ["fid-stats", str(tmp_path / "png"), "-o", str(tmp_path / "png.npz"), "--device", "cpu"])
     assert res.exit_code == 0, res.output
     assert np.allclose(FIDStats.load(tmp_path / "png.npz").mu, samples.mu, atol=0.02)
+
+
+def test_fid_with_baseline_kid_grid_and_warnings(var_files, tmp_path, monkeypatch, check_png):
+    from memprune.evaluators import fid_run
+
+    monkeypatch.setattr(fid_run, "load_inception", lambda spec, device: PooledPixels())
+    steps = []
+    out = tmp_path / "out"
+    result = fid_run.fid(var_files / "var.safetensors", var_files / "vae.safetensors", var_files / "ref", out,
+                         baseline=var_files / "var.safetensors", per_class=2, classes="0-2", batch_size=2, seed=1,
+                         device="cpu", save_images=tmp_path / "png", kid_subsets=3,
+                         progress=lambda d, t, phase: steps.append((d, t, phase)))
+    # The same weights under the same labels and seeds: before and after agree exactly.
+    assert result["baseline"]["fid"] == result["fid"] and result["change"]["fid"] == 0.0
+    assert result["kid"]["subsets"] == 3 and result["kid"]["subset_size"] == 4  # capped at the 4 reference images
+    assert result["change"]["kid"] == 0.0
+    assert any("biased" in w and "6 images" in w for w in result["warnings"])
+    assert steps[-1][0] == steps[-1][1] == 7 and "FID and KID" in steps[-1][2]  # 6 images + the distance step
+    t = result["timing"]
+    assert t["images_per_second"] == pytest.approx(6 / t["sampling_seconds"]) and t["distance_seconds"] >= 0
+    assert sorted(p.name for p in out.iterdir()) == ["baseline_grid.png", "baseline_stats.npz", "fid.json",
+                                                      "samples_grid.png", "samples_stats.npz"]
+    check_png(out / "samples_grid.png", min_size=(6 * 128, 128))
+    assert len(list((tmp_path / "png" / "baseline").iterdir())) == 6
+    from memprune.evaluators.fid import FIDStats
+
+    assert FIDStats.load(out / "samples_stats.npz").features.shape == (6, 12)  # kept for a later fid-compare
+
+
+def test_fid_compare_npz_and_errors(tmp_path):
+    from memprune.evaluators.fid import FeatureStatsAccumulator, frechet_distance
+
+    rng = np.random.default_rng(0)
+    sides = []
+    for k in range(2):
+        acc = FeatureStatsAccumulator(keep_features=True)
+        acc.update(rng.normal(size=(40, 6)) + k)
+        sides.append(acc.compute())
+        sides[-1].save(tmp_path / f"{k}.npz")
+    res = runner.invoke(app, ["fid-compare", str(tmp_path / "0.npz"), str(tmp_path / "1.npz"), "--kid-subsets", "4",
+                              "--format", "json"])
+    assert res.exit_code == 0, res.output
+    out = json.loads(res.stdout)
+    assert out["fid"] == pytest.approx(frechet_distance(sides[0], sides[1])) and out["kid"]["subsets"] == 4
+    assert out["kid"]["mean"] > 0 and "biased" in out["warnings"][0]
+    res = runner.invoke(app, ["fid-compare", str(tmp_path / "0.npz"), str(tmp_path / "x.npz")])
+    assert res.exit_code == 2 and "does not exist" in res.output
+    (tmp_path / "a.txt").write_text("x")
+    res = runner.invoke(app, ["fid-compare", str(tmp_path / "0.npz"), str(tmp_path / "a.txt")])
+    assert res.exit_code == 2 and ".npz" in res.output
+
+
+def test_failed_fid_runs_leave_no_output_folder(var_files, tmp_path):
+    base = ["fid", str(var_files / "var.safetensors"), "--tokenizer", str(var_files / "vae.safetensors"), "--device", "cpu",
+            "-o", str(tmp_path / "o"), "--ref", str(var_files / "ref")]
+    for extra in (["--inception", str(tmp_path / "missing.pt")], ["--baseline", str(tmp_path / "nope.pth")],
+                  ["--kid-subsets", "-1"]):
+        res = runner.invoke(app, [*base, *extra])
+        assert res.exit_code == 2 and "Traceback" not in res.output, res.output
+        assert not (tmp_path / "o").exists()
+    res = runner.invoke(app, ["fid-stats", str(tmp_path / "empty"), "-o", str(tmp_path / "s.npz"), "--device", "cpu"])
+    assert res.exit_code == 2 and not (tmp_path / "s.npz").exists()

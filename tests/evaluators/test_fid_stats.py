@@ -55,33 +55,72 @@ def test_frechet_closed_form_for_diagonal_gaussians() -> None:
     assert frechet_distance_arrays(mu1, np.diag(var1), mu2, np.diag(var2)) == pytest.approx(expected, rel=1e-12)
 
 
-def test_singular_product_retries_with_offset(monkeypatch: pytest.MonkeyPatch) -> None:
+def _spd(rng: np.random.Generator, d: int, rank: int | None = None) -> np.ndarray:
+    x = rng.normal(size=(rank or 2 * d, d))
+    return x.T @ x / x.shape[0]
+
+
+@pytest.mark.parametrize("d", [3, 17, 64])
+def test_trace_sqrt_product_matches_scipy_sqrtm_on_random_spd(d: int) -> None:
+    rng = np.random.default_rng(d)
+    for _ in range(3):
+        a, b = _spd(rng, d), _spd(rng, d) * rng.uniform(0.1, 10)
+        expected = np.trace(linalg.sqrtm(a @ b).real)
+        assert fid_mod.trace_sqrt_product(a, b) == pytest.approx(expected, rel=1e-9)
+
+
+def test_near_singular_covariances_need_no_offset() -> None:
+    # Fewer samples than dimensions (rank 5 of 40), the case where sqrtm of the product used to fail.
     rng = np.random.default_rng(1)
-    s1, s2 = _stats(rng.normal(size=(5, 16))), _stats(rng.normal(size=(5, 16)))  # rank 4 < 16
-
-    class FailingFirst:
-        calls = 0
-
-        @staticmethod
-        def sqrtm(m: np.ndarray) -> np.ndarray:
-            FailingFirst.calls += 1
-            return np.full_like(m, np.nan) if FailingFirst.calls == 1 else linalg.sqrtm(m)
-
-    monkeypatch.setattr(fid_mod, "_import_scipy_linalg", lambda: FailingFirst)
-    with pytest.warns(UserWarning, match="singular"):
-        value = frechet_distance(s1, s2, eps=1e-6)
-    off = np.eye(16) * 1e-6
-    expected = np.sum((s1.mu - s2.mu) ** 2) + np.trace(s1.sigma + s2.sigma)
-    expected -= 2 * np.trace(linalg.sqrtm((s1.sigma + off) @ (s2.sigma + off)).real)
-    assert FailingFirst.calls == 2 and np.isfinite(value) and value == pytest.approx(expected, rel=1e-9)
+    s1, s2 = _stats(rng.normal(size=(6, 40))), _stats(rng.normal(size=(6, 40)) + 0.1)
+    value = frechet_distance(s1, s2)
+    off = np.eye(40) * 1e-10  # a tiny offset makes scipy's route well defined; the answer must not move
+    root = linalg.sqrtm((s1.sigma + off) @ (s2.sigma + off))
+    expected = np.sum((s1.mu - s2.mu) ** 2) + np.trace(s1.sigma + s2.sigma) - 2 * np.trace(root.real)
+    assert np.isfinite(value) and value == pytest.approx(expected, rel=1e-6)
+    assert fid_mod.trace_sqrt_product(np.zeros((4, 4)), np.eye(4)) == 0.0
 
 
-def test_large_imaginary_part_is_an_error() -> None:
-    # sqrtm(diag(-1, 1)) = diag(i, 1): not a covariance product, the guard must fire.
-    with pytest.raises(MempruneError, match="imaginary"):
+def test_negative_definite_input_is_an_error() -> None:
+    with pytest.raises(MempruneError, match="positive semi-definite"):
         frechet_distance_arrays(np.zeros(2), np.eye(2), np.zeros(2), np.diag([-1.0, 1.0]))
     with pytest.raises(MempruneError, match="shape"):
         frechet_distance_arrays(np.zeros(2), np.eye(2), np.zeros(3), np.eye(3))
+
+
+def _direct_mmd2(x: np.ndarray, y: np.ndarray) -> float:
+    # Textbook double sums, one pair at a time.
+    m, d = x.shape
+
+    def k(u: np.ndarray, v: np.ndarray) -> float:
+        return (float(u @ v) / d + 1.0) ** 3
+
+    xx = sum(k(x[i], x[j]) for i in range(m) for j in range(m) if i != j) / (m * (m - 1))
+    yy = sum(k(y[i], y[j]) for i in range(m) for j in range(m) if i != j) / (m * (m - 1))
+    xy = sum(k(x[i], y[j]) for i in range(m) for j in range(m)) / (m * m)
+    return xx + yy - 2 * xy
+
+
+def test_kid_matches_a_direct_implementation() -> None:
+    from memprune.evaluators.kid import kernel_inception_distance, polynomial_mmd2
+
+    rng = np.random.default_rng(3)
+    x, y = rng.normal(size=(12, 5)), rng.normal(size=(15, 5)) + 0.4
+    assert polynomial_mmd2(torch.from_numpy(x[:10]), torch.from_numpy(y[:10])) == pytest.approx(
+        _direct_mmd2(x[:10], y[:10]), rel=1e-10)
+    kid = kernel_inception_distance(x, y, subsets=4, subset_size=8, seed=7)
+    pick = np.random.default_rng(7)
+    direct = []
+    for _ in range(4):
+        ia, ib = pick.choice(12, 8, replace=False), pick.choice(15, 8, replace=False)
+        direct.append(_direct_mmd2(x[ia], y[ib]))
+    assert kid.mean == pytest.approx(np.mean(direct), rel=1e-10) and kid.std == pytest.approx(np.std(direct), rel=1e-9)
+    assert kid.subset_size == 8 and kernel_inception_distance(x, y, subsets=2).subset_size == 12  # capped
+    p, q = rng.normal(size=(300, 5)), rng.normal(size=(300, 5))  # one distribution: unbiased, so about 0
+    same, shifted = kernel_inception_distance(p, q, subsets=5), kernel_inception_distance(p, q + 0.4, subsets=5)
+    assert abs(same.mean) < 0.2 * shifted.mean
+    with pytest.raises(MempruneError, match="same width"):
+        kernel_inception_distance(x, y[:, :4])
 
 
 def test_streaming_accumulator_equals_np_cov() -> None:
@@ -124,6 +163,16 @@ def test_stats_files_roundtrip_and_foreign_npz(tmp_path: Path) -> None:
         load_reference(tmp_path / "nope.npz")
     with pytest.raises(MempruneError, match="Inception model"):
         load_reference(tmp_path)
+    acc = FeatureStatsAccumulator(keep_features=True)  # features travel with the statistics (for KID)
+    x = rng.normal(size=(7, 8))
+    acc.update(x[:3])
+    acc.update(x[3:])
+    with_rows = acc.compute()
+    with_rows.save(tmp_path / "rows.npz")
+    np.testing.assert_allclose(FIDStats.load(tmp_path / "rows.npz").features, x.astype(np.float32))
+    assert FIDStats.load(tmp_path / "ref.npz").features is None
+    with pytest.raises(MempruneError, match="features must be"):
+        FIDStats(stats.mu, stats.sigma, features=np.zeros((3, 5)))
 
 
 class _TinyExtractor(torch.nn.Module):

@@ -174,6 +174,7 @@ def test_autocast_bf16_keeps_logits_float32(tiny_random):
     assert torch.equal(fast.encode(torch.zeros(1, 3, 16, 16)), tiny_random.encode(torch.zeros(1, 3, 16, 16)))
 
 
+@pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_cuda_matches_cpu(var_model, var_files, var_images, var_ref, var_labels):
     from memprune.models.var import load_var

@@ -6,6 +6,7 @@ import json
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from typer.testing import CliRunner
@@ -43,11 +44,33 @@ def test_report_numbers() -> None:
     assert sum(r.histograms["blocks.1.ffn.fc1"]) == 30
 
 
-def test_write_report_files(tmp_path: Path) -> None:
-    files = write_report(build_report(_scores()), tmp_path / "rep")
+def test_write_report_files(tmp_path: Path, check_png) -> None:
+    pytest.importorskip("matplotlib")
+    from PIL import Image
+
+    Image.new("RGB", (32, 32), (10, 200, 30)).save(tmp_path / "im4.png")
+    files = write_report(build_report(_scores()), tmp_path / "rep", images={"im4.png": tmp_path / "im4.png"},
+                         class_names=["cat", "dog", "tench"])
     names = {f.name for f in files}
     assert {"report.json", "heatmap.png", "histograms.png", "top_units.png", "num_mem_units.png"} <= names
     assert json.loads((tmp_path / "rep" / "report.json").read_text())["num_mem_units"] == [0, 0, 0, 0, 2]
+    for f in files:
+        if f.suffix == ".png":
+            check_png(f, min_size=(200, 150), max_size=(3000, 3000))
+    with Image.open(tmp_path / "rep" / "num_mem_units.png") as im:  # the thumbnail is drawn
+        arr = np.asarray(im.convert("RGB")).reshape(-1, 3).astype(int)
+    assert ((arr[:, 1] > 150) & (arr[:, 0] < 60) & (arr[:, 2] < 90)).sum() > 100
+
+
+def test_single_group_family_gets_block_bars(tmp_path: Path, check_png) -> None:
+    pytest.importorskip("matplotlib")
+    s = _scores()
+    one = ScoreSet(scores={k: v[1:2] for k, v in s.scores.items()}, groups=["all_tokens"], image_independent=[],
+                   stats={"count": torch.tensor([5])}, images=s.images)
+    files = write_report(build_report(one), tmp_path)
+    w, h = check_png(tmp_path / "heatmap.png", min_size=(300, 200))
+    assert w > h  # bars over blocks, not a one-column heatmap
+    assert tmp_path / "heatmap.png" in files
 
 
 def test_without_matplotlib(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
