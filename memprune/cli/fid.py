@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import typer
 from rich.progress import (
@@ -19,13 +19,16 @@ from memprune.cli._common import (
     DeviceOpt,
     FormatOpt,
     OutputFormat,
+    OverwriteOpt,
     QuietOpt,
     VerboseOpt,
+    check_overwrite,
     console,
     epilog,
     err_console,
     handle_errors,
     print_json,
+    refuse_distributed,
     setup_logging,
 )
 from memprune.errors import MempruneError
@@ -60,14 +63,17 @@ def fid_cmd(
     inception: Annotated[str, typer.Option("--inception", help=_INCEPTION_HELP)] = "auto",
     save_images: Annotated[Path | None, typer.Option("--save-images", help="Also write every sample as PNG into this folder.")] = None,
     device: DeviceOpt = "auto",
-    dtype: Annotated[str, typer.Option("--dtype", help="Transformer precision: float32, bfloat16 or float16.")] = "float32",
-    arch: Annotated[str | None, typer.Option("--arch", help="Skip architecture detection: var or rar.")] = None,
+    dtype: Annotated[Literal["float32", "bfloat16", "float16"], typer.Option("--dtype", help="Transformer precision.")] = "float32",
+    arch: Annotated[Literal["var", "rar"] | None, typer.Option("--arch", help="Skip architecture detection.")] = None,
+    overwrite: OverwriteOpt = False,
     fmt: FormatOpt = OutputFormat.table,
     quiet: QuietOpt = False,
     verbose: VerboseOpt = False,
 ) -> None:
     """Generate images per class with the family's published settings and compute their FID to a reference."""
     setup_logging(quiet, verbose)
+    refuse_distributed("fid")
+    check_overwrite(output, overwrite, folder=True)
     from memprune.evaluators.fid_run import fid
 
     with _bar(not quiet and fmt is OutputFormat.table, "generating + Inception") as update:
@@ -78,7 +84,9 @@ def fid_cmd(
             dtype=dtype, arch=arch, progress=update,
         )  # fmt: skip
     if fmt is OutputFormat.json:
-        print_json(result)
+        written = [output / "fid.json", output / "samples_stats.npz"]
+        print_json({**result, "architecture": result.get("model", {}).get("arch"), "output": str(written[0]),
+                    "files": [str(f) for f in written], "images_folder": str(save_images) if save_images else None})
         return
     s = result["sampling"]
     if not quiet:
@@ -86,6 +94,13 @@ def fid_cmd(
                       + (f", cfg_pow {s['cfg_pow']}" if s["cfg_pow"] is not None else "") + f" ({s['source']})")
     console.print(f"FID [bold]{result['fid']:.3f}[/] on {result['num_images']} images "
                   f"({result['per_class']} per class, {result['timing']['images_per_second']:.2f} images/s)")
+    if verbose:
+        m, ref_info, inc = result["model"], result["reference"], result["inception"]
+        console.print(f"model: {m.get('arch')} {m.get('path', checkpoint)}; reference: {ref_info['path']} "
+                      f"({ref_info['num_images']} images, {ref_info['protocol']}); Inception {inc['spec']} "
+                      f"({inc.get('weights_id')}); seed {result['seed']}, batch {result['batch_size']}, "
+                      f"{result['device']} {result['dtype']}, {result['timing']['seconds']:.1f}s", highlight=False)
+        console.print(f"note: {result['comparability']}", highlight=False)
     if not quiet:
         console.print(f"wrote {output / 'fid.json'} and {output / 'samples_stats.npz'}")
 
@@ -102,6 +117,7 @@ def fid_stats_cmd(
     inception: Annotated[str, typer.Option("--inception", help=_INCEPTION_HELP)] = "auto",
     batch_size: Annotated[int, typer.Option("--batch-size", "-b", help="Images per Inception batch.")] = 50,
     device: DeviceOpt = "auto",
+    overwrite: OverwriteOpt = False,
     fmt: FormatOpt = OutputFormat.table,
     quiet: QuietOpt = False,
     verbose: VerboseOpt = False,
@@ -116,11 +132,12 @@ def fid_stats_cmd(
         raise MempruneError(f"-o {output} must end in .npz (numpy statistics file with mu and sigma)")
     if not output.parent.exists():
         raise MempruneError(f"output folder {output.parent} does not exist: create it first or choose another -o path")
+    check_overwrite(output, overwrite)
     net = load_inception(inception, device=resolve_device(device))
     stats = compute_stats_for_folder(folder, net, batch_size=batch_size)
     stats.save(output)
     if fmt is OutputFormat.json:
-        print_json({"output": str(output), "num_images": stats.num_images, "protocol": PROTOCOL,
+        print_json({"output": str(output), "files": [str(output)], "num_images": stats.num_images, "protocol": PROTOCOL,
                     "weights_id": getattr(net, "weights_id", None)})
     else:
         console.print(f"wrote {output}: statistics of {stats.num_images} images ({PROTOCOL} protocol)")

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.table import Table
@@ -21,7 +21,9 @@ from memprune.cli._common import (
     print_json,
     setup_logging,
 )
-from memprune.push import PushResult, push
+
+if TYPE_CHECKING:
+    from memprune.push import PushResult
 
 
 @app.command(
@@ -53,6 +55,8 @@ def push_cmd(
     verbose: VerboseOpt = False,
 ) -> None:
     """Upload a patched checkpoint, its manifest, a model card, the tokenizer reference and audit/FID reports."""
+    from memprune.push import push
+
     setup_logging(quiet, verbose)
     result = push(
         patched, repo, reports=reports or (), base=base, tokenizer=tokenizer, include_tokenizer=include_tokenizer,

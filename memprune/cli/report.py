@@ -10,14 +10,18 @@ from rich.table import Table
 
 from memprune.cli import app
 from memprune.cli._common import (
+    AllowPartialOpt,
     FormatOpt,
     OutputFormat,
+    OverwriteOpt,
     QuietOpt,
     VerboseOpt,
+    check_overwrite,
     console,
     epilog,
     handle_errors,
     print_json,
+    refuse_partial_scores,
     setup_logging,
 )
 
@@ -36,6 +40,8 @@ def report_cmd(
     output: Annotated[Path, typer.Option("--output", "-o", help="Folder for report.json and the PNG figures (created if missing).")],
     top: Annotated[str, typer.Option("--top", help="Share (10%) or count of top units for the per-block shares and NumMemUnits.")] = "10%",
     images: Annotated[int, typer.Option("--images", help="How many top images by NumMemUnits to list.")] = 20,
+    overwrite: OverwriteOpt = False,
+    allow_partial: AllowPartialOpt = False,
     fmt: FormatOpt = OutputFormat.table,
     quiet: QuietOpt = False,
     verbose: VerboseOpt = False,
@@ -43,20 +49,25 @@ def report_cmd(
     """Heatmap of summed UnitMem (blocks x groups), histograms, top-unit shares and the most memorized images."""
     from dataclasses import asdict
 
+    from memprune.identify import refuse_non_score_file
     from memprune.scoring.report import build_report, write_report
 
     setup_logging(quiet, verbose)
+    check_overwrite(output, overwrite, folder=True)
+    refuse_non_score_file(scores)
+    refuse_partial_scores(scores, allow_partial)
     report = build_report(scores, top=top, top_images=images)
     files = write_report(report, output)
     if fmt is OutputFormat.json:
         data = asdict(report)
+        data["output"] = str(files[0]) if files else None
         data["files"] = [str(f) for f in files]
         print_json(data)
         return
     if not quiet:
         _render(report)
-    for note in report.notes:
-        console.print(f"[yellow]note:[/] {note}")
+        for note in report.notes:
+            console.print(f"[yellow]note:[/] {note}")
     console.print(f"wrote {', '.join(str(f) for f in files)}")
 
 

@@ -60,7 +60,7 @@ def load_pickle(path: str | os.PathLike) -> object:
         raise UnsafeCheckpointError(
             f"{path} is a pickle that needs unsafe Python globals ({', '.join(offending[:8])}); memprune never "
             f"executes those. If you trust its source, convert it once with "
-            f"`memprune convert --trust-pickle {path} {path.with_suffix('.safetensors').name}`"
+            f"`memprune convert --trust-pickle {path} -o {path.with_suffix('.safetensors').name}`"
         ) from None
     except (RuntimeError, EOFError, ValueError, OSError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__

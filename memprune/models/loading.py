@@ -70,5 +70,13 @@ def load_model(
     path = resolve_checkpoint_path(checkpoint)
     with open_checkpoint(path) as ckpt:
         adapter = detect_adapter(ckpt, arch)
-    model = adapter.load_model(path, tokenizer, device=device, dtype=resolve_dtype(dtype, device))
+    try:
+        model = adapter.load_model(path, tokenizer, device=device, dtype=resolve_dtype(dtype, device))
+    except MempruneError as exc:  # another family's tokenizer: name the one this model needs
+        from memprune.identify import tokenizer_mismatch_message
+
+        message = tokenizer_mismatch_message(adapter.name, tokenizer)
+        if message is None:
+            raise
+        raise MempruneError(message) from exc
     return model.eval(), digest or checkpoint_sha256(path)
