@@ -53,10 +53,10 @@ def report_cmd(
     from memprune.scoring.report import build_report, write_report
 
     setup_logging(quiet, verbose)
-    check_overwrite(output, overwrite, folder=True)
     refuse_non_score_file(scores)
     refuse_partial_scores(scores, allow_partial)
     report = build_report(scores, top=top, top_images=images)
+    check_overwrite(output, overwrite, folder=True)  # after the input is known to be good, before writing
     files = write_report(report, output)
     if fmt is OutputFormat.json:
         data = asdict(report)

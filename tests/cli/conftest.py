@@ -1,0 +1,23 @@
+"""Fixtures for the CLI tests: a tiny VAR checkpoint with a score file for it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from memprune.io import checkpoint_sha256
+from memprune.scores import ScoreSet, save_scores
+
+
+def write_scores(path: Path, ckpt: Path, shard: dict | None = None) -> Path:
+    values = {f"blocks.{i}.ffn.fc1": torch.rand(3, 64, generator=torch.Generator().manual_seed(i)) for i in range(2)}
+    info = {"shard": shard} if shard else {}
+    save_scores(ScoreSet(values, ["scale0", "scale1", "scale2"], checkpoint_sha256(ckpt), "var", ["scale0"], info=info), path)
+    return path
+
+
+@pytest.fixture
+def var_scores(tmp_path: Path, tiny_var: Path) -> Path:
+    return write_scores(tmp_path / "s.safetensors", tiny_var)
