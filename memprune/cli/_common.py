@@ -86,7 +86,7 @@ class _Formatter(logging.Formatter):
 
 
 _handler: logging.Handler | None = None
-_hf_bars_disabled = False
+_hf_env_set = False  # whether HF_HUB_DISABLE_PROGRESS_BARS is ours (-q) rather than the user's
 
 
 def setup_logging(quiet: bool, verbose: bool) -> None:
@@ -118,20 +118,31 @@ def _show_warning(message: Warning | str, category: type[Warning], filename: str
 
 
 def _hf_progress_bars(enabled: bool) -> None:
-    global _hf_bars_disabled
-    if not enabled:
-        os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"  # read when huggingface_hub is imported later
-    if "huggingface_hub" not in sys.modules or enabled == (not _hf_bars_disabled):
-        _hf_bars_disabled = not enabled
-        return
-    from huggingface_hub.utils import disable_progress_bars, enable_progress_bars
-
-    if enabled:
-        os.environ.pop("HF_HUB_DISABLE_PROGRESS_BARS", None)
-        enable_progress_bars()
+    """huggingface_hub's upload/download bars follow -q. Without importing it: the variable is read at its import."""
+    global _hf_env_set
+    var = "HF_HUB_DISABLE_PROGRESS_BARS"
+    if not enabled and var not in os.environ:
+        os.environ[var] = "1"
+        _hf_env_set = True
+    elif enabled and _hf_env_set:
+        os.environ.pop(var, None)
+        _hf_env_set = False
     else:
-        disable_progress_bars()
-    _hf_bars_disabled = not enabled
+        return  # nothing of ours to change (a variable the user set is left as it is)
+    if "huggingface_hub" in sys.modules:
+        from huggingface_hub import constants
+        from huggingface_hub.utils import disable_progress_bars, enable_progress_bars
+
+        if enabled:
+            constants.HF_HUB_DISABLE_PROGRESS_BARS = None  # it was read while our variable was set
+            enable_progress_bars()
+        else:
+            disable_progress_bars()
+
+
+def _show_warning(message: Warning | str, category: type[Warning], filename: str, lineno: int, file: Any = None,
+                  line: str | None = None) -> None:
+    warn(str(message))
 
 
 def warn(message: str) -> None:
@@ -227,11 +238,13 @@ def handle_errors(fn: F) -> F:
 # Guards shared by several commands
 
 
-def check_overwrite(output: str | os.PathLike | None, overwrite: bool, *, folder: bool = False) -> None:
+def check_overwrite(output: str | os.PathLike | None, overwrite: bool, *, folder: bool = False,
+                    inputs: tuple[str | os.PathLike | None, ...] = ()) -> None:
     """Refuse to replace an existing output unless ``--overwrite`` was given (call before any work starts).
 
     A file output is refused when the file exists; a folder output when the folder exists and is not empty (an
-    empty folder, e.g. made by ``mkdir -p``, is fine).
+    empty folder, e.g. made by ``mkdir -p``, is fine). An output that is one of ``inputs`` is left to the library's
+    guard, whose message ("memprune never writes over its input") is the right one even with ``--overwrite``.
     """
     if output is None or overwrite or str(output).startswith("hf://"):
         return
@@ -244,8 +257,15 @@ def check_overwrite(output: str | os.PathLike | None, overwrite: bool, *, folder
         return
     if out.is_dir():
         return  # the library names the problem ("give a file path")
-    if out.exists():
+    if out.exists() and not any(_same_file(out, i) for i in inputs if i is not None):
         raise MempruneError(f"output {out} already exists: pass --overwrite to replace it, or choose another -o path")
+
+
+def _same_file(a: Path, b: str | os.PathLike) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False
 
 
 def warn_factor(factor: float) -> None:

@@ -44,7 +44,7 @@ def convert_cmd(
     from memprune.conversion import convert
 
     setup_logging(quiet, verbose)
-    check_overwrite(output, overwrite)
+    check_overwrite(output, overwrite, inputs=(source,))
     result = convert(source, output, trust_pickle=trust_pickle)
     if fmt is OutputFormat.json:
         print_json(result)

@@ -67,7 +67,7 @@ def patch_cmd(
 
     setup_logging(quiet, verbose)
     if not dry_run:
-        check_overwrite(output, overwrite)
+        check_overwrite(output, overwrite, inputs=(checkpoint, scores))
     refuse_non_score_file(scores)
     refuse_partial_scores(scores, allow_partial)
     warn_factor(factor)
