@@ -99,6 +99,10 @@ def demo_cmd(
 def _render(result: DemoResult, removed: bool, quiet: bool) -> None:
     from memprune.demo import summary_lines, table_rows
 
+    if quiet:  # the one line that says whether patching worked
+        lines = summary_lines(result)
+        console.print(lines[2] if len(lines) > 2 else lines[-1], highlight=False)
+        return
     table = Table("measure", "original", "patched", title="memprune demo: bundled tiny VAR, before / after patching")
     for label, before, after in table_rows(result):
         table.add_row(label, before, after)

@@ -96,6 +96,9 @@ def _render(result: PushResult, quiet: bool) -> None:
         console.print(table)
         checks = ", ".join(f"{c.name} {'ok' if c.ok else 'FAILED'}" for c in plan.checks)
         console.print(f"checks: {checks}", highlight=False, soft_wrap=True)
+    if result.dry_run and quiet:
+        console.print(f"dry run: would upload {len(plan.files)} files to {plan.repo_id}", highlight=False)
+        return
     if result.dry_run:
         console.print("\n[bold]README.md[/]\n", highlight=False)
         console.print(plan.card, markup=False, highlight=False, soft_wrap=True)
