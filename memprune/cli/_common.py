@@ -129,12 +129,14 @@ def _hf_progress_bars(enabled: bool) -> None:
         _hf_env_set = False
     else:
         return  # nothing of ours to change (a variable the user set is left as it is)
-    if "huggingface_hub" in sys.modules:
+    if "huggingface_hub" in sys.modules:  # already imported: switch it directly
         from huggingface_hub import constants
         from huggingface_hub.utils import disable_progress_bars, enable_progress_bars
 
-        if enabled:
-            constants.HF_HUB_DISABLE_PROGRESS_BARS = None  # it was read while our variable was set
+        if enabled:  # the variable may have been read at import while ours was set (several commands in one process)
+            for module in (constants, sys.modules.get("huggingface_hub.utils.tqdm")):
+                if getattr(module, var, None) is True:
+                    setattr(module, var, None)
             enable_progress_bars()
         else:
             disable_progress_bars()
@@ -239,26 +241,35 @@ def handle_errors(fn: F) -> F:
 
 
 def check_overwrite(output: str | os.PathLike | None, overwrite: bool, *, folder: bool = False,
-                    inputs: tuple[str | os.PathLike | None, ...] = ()) -> None:
+                    inputs: tuple[str | os.PathLike | None, ...] = (), markers: tuple[str, ...] = (),
+                    alternative: str = "") -> None:
     """Refuse to replace an existing output unless ``--overwrite`` was given (call before any work starts).
 
-    A file output is refused when the file exists; a folder output when the folder exists and is not empty (an
-    empty folder, e.g. made by ``mkdir -p``, is fine). An output that is one of ``inputs`` is left to the library's
-    guard, whose message ("memprune never writes over its input") is the right one even with ``--overwrite``.
+    A file output is refused when the file exists. A folder output is refused when it holds one of ``markers`` (the
+    files a previous run of the command left there, e.g. ``report.json``), so ``-o .`` or a folder of other files is
+    fine; without markers, when it is not empty. An output that is one of ``inputs`` is left to the library's guard,
+    whose message ("memprune never writes over its input") is the right one even with ``--overwrite``.
+    ``alternative`` names another way out (``--resume to continue it``).
     """
     if output is None or overwrite or str(output).startswith("hf://"):
         return
     out = Path(output)
+    other = f"{alternative}, " if alternative else ""
     if folder:
-        if out.is_dir() and any(out.iterdir()):
-            raise MempruneError(f"output folder {out} is not empty: pass --overwrite to write into it (files of the same name are replaced), or choose another -o folder")
         if out.exists() and not out.is_dir():
             raise MempruneError(f"output {out} is a file, not a folder: choose another -o folder")
+        if not out.is_dir():
+            return
+        found = [m for m in markers if (out / m).exists()] if markers else [p.name for p in out.iterdir()][:1]
+        if found:
+            what = f"{found[0]} from an earlier run" if markers else "other files"
+            raise MempruneError(f"output folder {out} already holds {what}: pass {other}--overwrite to replace it, "
+                                "or choose another -o folder")
         return
     if out.is_dir():
         return  # the library names the problem ("give a file path")
     if out.exists() and not any(_same_file(out, i) for i in inputs if i is not None):
-        raise MempruneError(f"output {out} already exists: pass --overwrite to replace it, or choose another -o path")
+        raise MempruneError(f"output {out} already exists: pass {other}--overwrite to replace it, or choose another -o path")
 
 
 def _same_file(a: Path, b: str | os.PathLike) -> bool:

@@ -81,7 +81,14 @@ def audit_cmd(
     setup_logging(quiet, verbose)
     refuse_distributed("audit")
     if not resume:
-        check_overwrite(output, overwrite, folder=True)
+        check_overwrite(output, overwrite, folder=True, markers=("results.jsonl", "scan.jsonl"),
+                        alternative="--resume to continue that audit")
+    if overwrite and not resume:  # start over: forget the previous run's progress (its files are then replaced)
+        from memprune.evaluators import audit_report as R
+
+        for name in (R.RESULTS_JSONL, R.SCAN_JSONL, R.CONFIG_NAME, "candidates.csv"):
+            if candidates is None or (output / name).resolve() != candidates.resolve():  # never an input
+                (output / name).unlink(missing_ok=True)
     from memprune.evaluators.audit import AuditSettings
     from memprune.evaluators.audit_run import audit
 

@@ -64,7 +64,7 @@ def demo_cmd(
     from memprune.demo import DEFAULT_FACTOR, DEFAULT_SINGLES, DEFAULT_TOP, run_demo
 
     setup_logging(quiet, verbose)
-    check_overwrite(output, overwrite, folder=True)
+    check_overwrite(output, overwrite, folder=True, markers=("demo.json", "scores.safetensors"))
     top = DEFAULT_TOP if top is None else top
     factor = DEFAULT_FACTOR if factor is None else factor
     singles = DEFAULT_SINGLES if singles is None else singles

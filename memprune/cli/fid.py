@@ -73,7 +73,7 @@ def fid_cmd(
     """Generate images per class with the family's published settings and compute their FID to a reference."""
     setup_logging(quiet, verbose)
     refuse_distributed("fid")
-    check_overwrite(output, overwrite, folder=True)
+    check_overwrite(output, overwrite, folder=True, markers=("fid.json", "samples_stats.npz"))
     from memprune.evaluators.fid_run import fid
 
     with _bar(not quiet and fmt is OutputFormat.table, "generating + Inception") as update:

@@ -56,7 +56,7 @@ def report_cmd(
     refuse_non_score_file(scores)
     refuse_partial_scores(scores, allow_partial)
     report = build_report(scores, top=top, top_images=images)
-    check_overwrite(output, overwrite, folder=True)  # after the input is known to be good, before writing
+    check_overwrite(output, overwrite, folder=True, markers=("report.json",))  # after the input is known to be good, before writing
     files = write_report(report, output)
     if fmt is OutputFormat.json:
         data = asdict(report)

@@ -32,7 +32,7 @@ def test_an_existing_output_is_refused_unless_overwrite(tmp_path, tiny_var, var_
     report.mkdir()
     assert runner.invoke(app, ["report", str(var_scores), "-o", str(report)]).exit_code == 0  # an empty folder is fine
     res = runner.invoke(app, ["report", str(var_scores), "-o", str(report)])
-    assert res.exit_code == 2 and "not empty: pass --overwrite" in res.stderr
+    assert res.exit_code == 2 and "already holds report.json from an earlier run: pass --overwrite" in res.stderr
     assert runner.invoke(app, ["report", str(var_scores), "-o", str(report), "--overwrite"]).exit_code == 0
 
 
