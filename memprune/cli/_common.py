@@ -20,7 +20,7 @@ import math
 import os
 import sys
 import warnings
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
@@ -310,7 +310,7 @@ def refuse_partial_scores(scores: str | os.PathLike, allow_partial: bool) -> Non
     if shard is None:
         return
     i, n = shard.get("index"), shard.get("count")
-    part = f" (images {shard['begin']}-{shard['end']})" if "begin" in shard and "end" in shard else ""
+    part = f" (images {shard['begin']} to {shard['end'] - 1} of the list)" if isinstance(shard.get("end"), int) else ""
     raise MempruneError(
         f"{scores} holds the scores of shard {i}/{n} only{part}: combine all {n} shards first with "
         f"`memprune merge PART0 ... PART{int(n) - 1 if isinstance(n, int) else 'N'} -o scores.safetensors`, "
