@@ -94,13 +94,15 @@ def fid_cmd(
                       + (f", cfg_pow {s['cfg_pow']}" if s["cfg_pow"] is not None else "") + f" ({s['source']})")
     console.print(f"FID [bold]{result['fid']:.3f}[/] on {result['num_images']} images "
                   f"({result['per_class']} per class, {result['timing']['images_per_second']:.2f} images/s)")
-    if verbose:
-        m, ref_info, inc = result["model"], result["reference"], result["inception"]
-        console.print(f"model: {m.get('arch')} {m.get('path', checkpoint)}; reference: {ref_info['path']} "
-                      f"({ref_info['num_images']} images, {ref_info['protocol']}); Inception {inc['spec']} "
-                      f"({inc.get('weights_id')}); seed {result['seed']}, batch {result['batch_size']}, "
-                      f"{result['device']} {result['dtype']}, {result['timing']['seconds']:.1f}s", highlight=False)
-        console.print(f"note: {result['comparability']}", highlight=False)
+    if verbose:  # what the number depends on (every field is also in fid.json)
+        m, ref_info, inc = result.get("model", {}), result.get("reference", {}), result.get("inception", {})
+        console.print(f"model: {m.get('arch')} {m.get('path', checkpoint)}; reference: {ref_info.get('path')} "
+                      f"({ref_info.get('num_images')} images, {ref_info.get('protocol')}); Inception {inc.get('spec')} "
+                      f"({inc.get('weights_id')}); seed {result.get('seed')}, batch {result.get('batch_size')}, "
+                      f"{result.get('device')} {result.get('dtype')}, {result.get('timing', {}).get('seconds', 0):.1f}s",
+                      highlight=False, markup=False)
+        if result.get("comparability"):
+            console.print(f"note: {result['comparability']}", highlight=False, markup=False)
     if not quiet:
         console.print(f"wrote {output / 'fid.json'} and {output / 'samples_stats.npz'}")
 

@@ -68,3 +68,21 @@ def test_trust_pickle_warns_once(tmp_path):
     assert res.exit_code == 0, res.output
     assert res.stderr.count("weights_only=False") == 1, res.stderr
     assert res.stderr.startswith("warning: ")
+
+
+def test_fid_verbose_shows_what_the_number_depends_on_and_quiet_only_the_number(tmp_path, monkeypatch):
+    import memprune.evaluators.fid_run as fid_run
+
+    result = {
+        "fid": 12.3456, "num_images": 30, "per_class": 10, "seed": 0, "batch_size": 25, "device": "cpu", "dtype": "float32",
+        "sampling": {"cfg": 1.5, "top_k": 900, "top_p": 0.96, "temperature": 1.0, "cfg_pow": None, "source": "published"},
+        "timing": {"seconds": 3.0, "images_per_second": 10.0}, "model": {"arch": "var", "path": "m.pth"},
+        "reference": {"path": "ref.npz", "num_images": 50000, "protocol": "pytorch-fid"},
+        "inception": {"spec": "auto", "weights_id": "inception-2015-12-05"}, "comparability": "same protocol only",
+    }
+    monkeypatch.setattr(fid_run, "fid", lambda *args, **kwargs: result)  # the rendering, not the measurement
+    args = ["fid", "m.pth", "-t", "t.pth", "--ref", "ref.npz", "-o", str(tmp_path / "o"), "--device", "cpu"]
+    normal, verbose, quiet = (runner.invoke(app, [*args, *extra]) for extra in ([], ["-v"], ["-q"]))
+    assert normal.exit_code == verbose.exit_code == quiet.exit_code == 0, normal.output
+    assert "inception-2015-12-05" in verbose.stdout and "inception-2015-12-05" not in normal.stdout
+    assert len(_lines(quiet.stdout)) == 1 and "FID 12.346" in quiet.stdout
