@@ -6,7 +6,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from conftest import write_scores
+from cli_helpers import write_scores
 from tiny_checkpoints import var_state_dict
 from typer.testing import CliRunner
 
@@ -14,6 +14,11 @@ from memprune.cli import app
 from memprune.errors import MempruneError
 
 runner = CliRunner()
+
+
+@pytest.fixture
+def var_scores(tmp_path, tiny_var):
+    return write_scores(tmp_path / "s.safetensors", tiny_var)
 SHARD = {"index": 0, "count": 2, "begin": 0, "end": 5}
 
 

@@ -10,13 +10,18 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import write_scores
+from cli_helpers import write_scores
 from tiny_checkpoints import var_state_dict
 from typer.testing import CliRunner
 
 from memprune.cli import app
 
 runner = CliRunner()
+
+
+@pytest.fixture
+def var_scores(tmp_path, tiny_var):
+    return write_scores(tmp_path / "s.safetensors", tiny_var)
 
 
 def _long_dir(tmp_path: Path) -> Path:

@@ -4,12 +4,19 @@ from __future__ import annotations
 
 import logging
 
+import pytest
 import torch
+from cli_helpers import write_scores
 from typer.testing import CliRunner
 
 from memprune.cli import _common, app
 
 runner = CliRunner()
+
+
+@pytest.fixture
+def var_scores(tmp_path, tiny_var):
+    return write_scores(tmp_path / "s.safetensors", tiny_var)
 
 
 class _Obj:  # a global that weights_only loading refuses, so converting needs --trust-pickle

@@ -1,10 +1,9 @@
-"""Fixtures for the CLI tests: a tiny VAR checkpoint with a score file for it."""
+"""Helpers for the CLI tests: a score file for the tiny VAR checkpoint (``tiny_var`` from tests/conftest.py)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-import pytest
 import torch
 
 from memprune.io import checkpoint_sha256
@@ -16,8 +15,3 @@ def write_scores(path: Path, ckpt: Path, shard: dict | None = None) -> Path:
     info = {"shard": shard} if shard else {}
     save_scores(ScoreSet(values, ["scale0", "scale1", "scale2"], checkpoint_sha256(ckpt), "var", ["scale0"], info=info), path)
     return path
-
-
-@pytest.fixture
-def var_scores(tmp_path: Path, tiny_var: Path) -> Path:
-    return write_scores(tmp_path / "s.safetensors", tiny_var)
