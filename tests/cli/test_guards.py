@@ -73,6 +73,11 @@ def test_after_a_shard_the_hint_names_merge(capsys):
     _render_score(result, quiet=False)
     out = capsys.readouterr().out
     assert "memprune merge" in out and "memprune report" not in out
+    from memprune.cli.score import _score_json
+
+    scores.arch, scores.image_independent, scores.checkpoint_sha256, result.resumed_from = "var", ["scale0"], None, 0
+    data = _score_json(result)
+    assert data["partial"] is True and data["shard"] == (1, 4) and data["architecture"] == "var"
 
 
 @pytest.mark.parametrize("command", ["audit", "fid"])
