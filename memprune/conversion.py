@@ -36,7 +36,6 @@ def convert(source: str | os.PathLike, output: str | os.PathLike, *, trust_pickl
     src = Path(source)
     out = check_output(output, checkpoint_files(source), suffix=".safetensors")
     if trust_pickle:
-        log.warning("--trust-pickle: loading %s with weights_only=False (code inside the file can run)", src)
         state, _, _ = _unwrap(unsafe_load_trusted(src), src)
         tensors = {name: state[key] for name, key in stripped_names(state, src).items()}
         fmt, meta = "pickle", {}

@@ -178,7 +178,7 @@ def _tokenizer_files(manifest: dict[str, Any], given: str | None, include: bool,
         if not local.name.endswith(".safetensors"):
             raise MempruneError(
                 f"refusing to push tokenizer {local.name}: memprune pushes safetensors only; convert it with `memprune convert "
-                f"{local.name} tokenizer.safetensors` and pass --tokenizer tokenizer.safetensors, or drop --include-tokenizer"
+                f"{local.name} -o tokenizer.safetensors` and pass --tokenizer tokenizer.safetensors, or drop --include-tokenizer"
             )
         record["file"] = local.name if local.name != weights_name else f"tokenizer-{local.name}"
         files.append(_local_file(record["file"], "tokenizer", local))

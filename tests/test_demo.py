@@ -139,9 +139,9 @@ def test_reduced_demo_writes_the_report_folder(reduced_demo) -> None:
 
 @needs_sscd
 def test_cli_json_runs_and_removes_its_temp_folder(monkeypatch) -> None:
-    import memprune.cli.demo as cli_demo
+    import memprune.demo as demo_pkg  # the command imports run_demo from here when it runs
 
-    monkeypatch.setattr(cli_demo, "run_demo", functools.partial(run_demo, duplicated=8, score_images=24))
+    monkeypatch.setattr(demo_pkg, "run_demo", functools.partial(run_demo, duplicated=8, score_images=24))
     res = CliRunner().invoke(app, ["demo", "--singles", "8", "--top", "5%", "--format", "json", "--threads", "1"])
     assert res.exit_code == 0, res.output
     data = json.loads(res.stdout)

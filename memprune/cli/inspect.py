@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Literal
 
 import typer
 from rich.table import Table
@@ -19,7 +19,6 @@ from memprune.cli._common import (
     print_json,
     setup_logging,
 )
-from memprune.inspection import inspect_checkpoint
 
 
 @app.command(
@@ -33,25 +32,33 @@ from memprune.inspection import inspect_checkpoint
 @handle_errors
 def inspect_cmd(
     checkpoint: Annotated[str, typer.Argument(help="Checkpoint: .safetensors, *.safetensors.index.json, .pth/.pt/.bin, or hf://OWNER/NAME/FILE.")],
-    arch: Annotated[str | None, typer.Option("--arch", help="Skip detection: var, rar, llamagen or generic.")] = None,
+    arch: Annotated[Literal["var", "rar", "llamagen", "generic"] | None, typer.Option("--arch", help="Skip detection.")] = None,
     layers: Annotated[str | None, typer.Option("--layers", help="Regex over weight names for the generic adapter.")] = None,
     fmt: FormatOpt = OutputFormat.table,
     quiet: QuietOpt = False,
     verbose: VerboseOpt = False,
 ) -> None:
     """Show the detected architecture, size, FFN unit layers, dtypes and any memprune manifest."""
+    from memprune.inspection import inspect_checkpoint
+
     setup_logging(quiet, verbose)
     info = inspect_checkpoint(checkpoint, arch=arch, layers=layers)
     if fmt is OutputFormat.json:
         print_json(info)
+        return
+    if quiet:  # one line: what it is and how many units
+        steps = f"; memprune manifest with {len(info.manifest.get('history', [])) + 1} patch step(s)" if info.manifest else ""
+        console.print(f"{info.path}: {info.architecture}, {info.total_units:,} units in {len(info.unit_layers)} layers, "
+                      f"{info.num_parameters / 1e6:,.1f}M values{steps}", markup=False, highlight=False)
         return
     console.print(f"[bold]{info.path}[/] ({info.format}{', under ' + repr(info.container) if info.container else ''})")
     console.print(f"architecture: [bold cyan]{info.architecture}[/]  {info.summary}")
     facts = ", ".join(f"{k} {v}" for k, v in info.facts.items() if v is not None)
     console.print(f"{facts}; {info.num_parameters / 1e6:,.1f}M values in {info.num_tensors} tensors; dtypes {', '.join(info.dtypes)}")
     console.print(f"unit layers (fc1): {len(info.unit_layers)} x {info.units_per_layer} = {info.total_units:,} units")
-    table = Table("tensor", "role", "shape", "dtype", title="tensors memprune would touch (first block)")
-    for row in (r for r in info.touched if r["layer"] == info.unit_layers[0]):
+    scope = "every block" if verbose else "first block; -v lists every block"
+    table = Table("tensor", "role", "shape", "dtype", title=f"tensors memprune would touch ({scope})")
+    for row in (r for r in info.touched if verbose or r["layer"] == info.unit_layers[0]):
         table.add_row(row["tensor"], row["role"], str(tuple(row["shape"])), row["dtype"])
     console.print(table)
     if info.manifest:
@@ -64,3 +71,5 @@ def inspect_cmd(
         )
     else:
         console.print("no memprune manifest attached")
+    if verbose and info.dropped:
+        console.print(f"not tensors (left out): {', '.join(info.dropped)}", highlight=False)

@@ -10,14 +10,18 @@ from rich.table import Table
 
 from memprune.cli import app
 from memprune.cli._common import (
+    AllowPartialOpt,
     FormatOpt,
     OutputFormat,
+    OverwriteOpt,
     QuietOpt,
     VerboseOpt,
+    check_overwrite,
     console,
     epilog,
     handle_errors,
     print_json,
+    refuse_partial_scores,
     setup_logging,
 )
 
@@ -37,6 +41,8 @@ def report_cmd(
     top: Annotated[str, typer.Option("--top", help="Share (10%) or count of top units for the per-block shares and NumMemUnits.")] = "10%",
     images: Annotated[int, typer.Option("--images", help="How many top images by NumMemUnits to list.")] = 20,
     data: Annotated[Path | None, typer.Option("--data", help="The scored image folder or CSV: thumbnails and class names in num_mem_units.png.")] = None,
+    overwrite: OverwriteOpt = False,
+    allow_partial: AllowPartialOpt = False,
     fmt: FormatOpt = OutputFormat.table,
     quiet: QuietOpt = False,
     verbose: VerboseOpt = False,
@@ -44,24 +50,29 @@ def report_cmd(
     """Heatmap of summed UnitMem (blocks x groups), histograms, top-unit shares and the most memorized images."""
     from dataclasses import asdict
 
+    from memprune.identify import refuse_non_score_file
     from memprune.scoring.report import build_report, write_report
 
     from memprune.io.paths import check_output_dir
 
     setup_logging(quiet, verbose)
     check_output_dir(output, "report output")  # before any work: a bad -o fails at once
+    refuse_non_score_file(scores)
+    refuse_partial_scores(scores, allow_partial)
     report = build_report(scores, top=top, top_images=images)
+    check_overwrite(output, overwrite, folder=True, markers=("report.json",))  # after the input is known to be good, before writing
     paths, names = _image_files(data) if data is not None else (None, None)
     files = write_report(report, output, images=paths, class_names=names)
     if fmt is OutputFormat.json:
         data = asdict(report)
+        data["output"] = str(files[0]) if files else None
         data["files"] = [str(f) for f in files]
         print_json(data)
         return
     if not quiet:
         _render(report)
-    for note in report.notes:
-        console.print(f"[yellow]note:[/] {note}")
+        for note in report.notes:
+            console.print(f"[yellow]note:[/] {note}")
     console.print(f"wrote {', '.join(str(f) for f in files)}")
 
 

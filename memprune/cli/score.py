@@ -7,7 +7,7 @@ import glob
 import os
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 import typer
 from rich.progress import (
@@ -27,8 +27,10 @@ from memprune.cli._common import (
     DeviceOpt,
     FormatOpt,
     OutputFormat,
+    OverwriteOpt,
     QuietOpt,
     VerboseOpt,
+    check_overwrite,
     console,
     epilog,
     err_console,
@@ -102,7 +104,7 @@ def _interrupted(output: Path, every: int) -> None:
 @handle_errors
 def score_cmd(
     checkpoint: Annotated[str, typer.Argument(help="Model checkpoint (VAR .pth, RAR .bin, safetensors, hf://OWNER/NAME/FILE).")],
-    tokenizer: Annotated[str, typer.Option("--tokenizer", help="The model's tokenizer checkpoint (VAR VQVAE / RAR MaskGIT-VQGAN), path or hf:// reference.")],
+    tokenizer: Annotated[str, typer.Option("--tokenizer", "-t", help="The model's tokenizer checkpoint (VAR VQVAE / RAR MaskGIT-VQGAN), path or hf:// reference.")],
     data: Annotated[Path, typer.Option("--data", help="Image folder (one sub-folder per class) or a CSV with header path,label.")],
     output: Annotated[Path, typer.Option("--output", "-o", help="Score file to write (.safetensors).")],
     class_index: Annotated[Path | None, typer.Option("--class-index", help="JSON or text mapping folder/label names to class ids (default: sorted folder order).")] = None,
@@ -113,14 +115,15 @@ def score_cmd(
     layers: Annotated[str, typer.Option("--layers", help="Unit layers: fc1 (post-activation, the paper's), fc2, attn.proj, or a comma list.")] = "fc1",
     batch_size: Annotated[int, typer.Option("--batch-size", "-b", help="Images per forward.")] = 16,
     device: DeviceOpt = "auto",
-    dtype: Annotated[str, typer.Option("--dtype", help="auto (bfloat16 on CUDA, float32 on CPU), float32, bfloat16 or float16.")] = "auto",
+    dtype: Annotated[Literal["auto", "float32", "bfloat16", "float16"], typer.Option("--dtype", help="auto: bfloat16 on CUDA, float32 on CPU.")] = "auto",
     seed: Annotated[int, typer.Option("--seed", help="Seed of the subset and of the random crops.")] = 0,
     resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted run from its last checkpoint.")] = False,
     checkpoint_every: Annotated[int, typer.Option("--checkpoint-every", help="Save the statistics every N images (0 = never).")] = 0,
     shard: Annotated[str | None, typer.Option("--shard", help="Score only part i of n (i/n, from 0); combine with `memprune merge`.")] = None,
-    arch: Annotated[str | None, typer.Option("--arch", help="Skip detection: var or rar.")] = None,
+    arch: Annotated[Literal["var", "rar", "llamagen"] | None, typer.Option("--arch", help="Skip detection.")] = None,
     workers: Annotated[int, typer.Option("--workers", help="Image-loading threads.")] = 2,
     num_heads: Annotated[int | None, typer.Option("--num-heads", help="LlamaGen head count, for widths that are no release (not stored in the weights).")] = None,
+    overwrite: OverwriteOpt = False,
     fmt: FormatOpt = OutputFormat.table,
     quiet: QuietOpt = False,
     verbose: VerboseOpt = False,
@@ -129,6 +132,7 @@ def score_cmd(
     from memprune.scoring.engine import score
 
     setup_logging(quiet, verbose)
+    check_overwrite(output, overwrite)
     show = not quiet and fmt is OutputFormat.table and int(os.environ.get("RANK", "0")) == 0
     try:
         with _progress(show) as progress:
@@ -152,6 +156,9 @@ def _score_json(result) -> dict:
     s = result.scores
     return {
         "output": result.output,
+        "files": [str(result.output)],
+        "architecture": s.arch,
+        "partial": result.shard is not None,
         "images": result.images,
         "total_images": result.total_images,
         "shard": result.shard,
@@ -177,10 +184,19 @@ def _render_score(result, quiet: bool) -> None:
         console.print(table)
     part = f" (shard {result.shard[0]}/{result.shard[1]} of {result.total_images})" if result.shard else ""
     dead = sum(result.dead.values())
+    if quiet:
+        console.print(f"wrote {result.output}: {result.images:,} images{part}{', partial: merge the shards next' if part else ''}",
+                      markup=False, highlight=False)
+        return
     console.print(
         f"scored {result.images:,} images{part} x {len(s.groups)} group(s) in {result.seconds:.1f}s "
         f"({result.images_per_second:.2f} img/s, {result.world_size} process(es)); {dead:,} dead unit entries"
     )
+    if result.shard:  # a part: the next step is merging every part, not a report of this one
+        i, n = result.shard
+        console.print(f"wrote [bold]{result.output}[/] (shard {i}/{n}, partial); next: run the other shards, then "
+                      f"memprune merge PART0 ... PART{n - 1} -o scores.safetensors", highlight=False)
+        return
     console.print(f"wrote [bold]{result.output}[/]; next: memprune report {result.output} -o report/")
 
 
@@ -195,6 +211,7 @@ def _render_score(result, quiet: bool) -> None:
 def merge_cmd(
     shards: Annotated[list[Path], typer.Argument(help="Score files of `memprune score --shard i/n` runs (all n parts).")],
     output: Annotated[Path, typer.Option("--output", "-o", help="Merged score file to write.")],
+    overwrite: OverwriteOpt = False,
     fmt: FormatOpt = OutputFormat.table,
     quiet: QuietOpt = False,
     verbose: VerboseOpt = False,
@@ -203,9 +220,10 @@ def merge_cmd(
     from memprune.scoring.merge import merge_scores
 
     setup_logging(quiet, verbose)
+    check_overwrite(output, overwrite)
     result = merge_scores(shards, output)
     if fmt is OutputFormat.json:
-        print_json({"output": result.output, "shards": result.shards, "images": result.images,
+        print_json({"output": result.output, "files": [str(result.output)], "shards": result.shards, "images": result.images,
                     "dead_units": result.dead, "tied_units": result.tied})
         return
     console.print(f"merged {result.shards} shards ({result.images:,} images) into [bold]{result.output}[/]")

@@ -64,7 +64,7 @@ def load_pickle(path: str | os.PathLike) -> object:
         raise UnsafeCheckpointError(
             f"{shown(path)} is a pickle that needs unsafe Python globals ({', '.join(offending[:8])}); memprune never "
             f"executes those. If you trust its source, convert it once with "
-            f"`memprune convert --trust-pickle {path} {path.with_suffix('.safetensors').name}`"
+            f"`memprune convert --trust-pickle {path} -o {path.with_suffix('.safetensors').name}`"
         ) from None
     except RecursionError:
         raise MempruneError(

@@ -85,5 +85,13 @@ def load_model(
     with open_checkpoint(path) as ckpt:
         adapter = detect_adapter(ckpt, arch)
     extra = {} if num_heads is None else {"num_heads": num_heads}
-    model = adapter.load_model(path, tokenizer, device=device, dtype=resolve_dtype(dtype, device), **extra)
+    try:
+        model = adapter.load_model(path, tokenizer, device=device, dtype=resolve_dtype(dtype, device), **extra)
+    except MempruneError as exc:  # another family's tokenizer: name the one this model needs
+        from memprune.identify import tokenizer_mismatch_message
+
+        message = tokenizer_mismatch_message(adapter.name, tokenizer)
+        if message is None:
+            raise
+        raise MempruneError(message) from exc
     return model.eval(), digest or checkpoint_sha256(path)
