@@ -220,12 +220,12 @@ def run_demo(
     from memprune.evaluators.audit import AuditSettings, Candidate, run_audit
     from memprune.evaluators.audit_report import make_grid, save_extracted_images
     from memprune.io import checkpoint_sha256
-    from memprune.models.var import load_var
     from memprune.io.paths import check_output_dir
+    from memprune.models.var import load_var
     from memprune.patching import check_factor, patch
-    from memprune.selection import parse_top
     from memprune.scoring.engine import score
     from memprune.scoring.report import build_report, write_report
+    from memprune.selection import parse_top
 
     say = progress or (lambda msg: log.info(msg))
     check_factor(factor)
