@@ -161,15 +161,15 @@ def _splice_pass(ckpt, layout: Layout, file: Path, manifest: dict[str, Any], inp
     with open(ckpt.path, "rb") as src, open(file, "r+b") as dst, ThreadPoolExecutor(2, "memprune-splice") as pool:
         dst.truncate(len(head) + layout.data_length)
         write_at(dst.fileno(), 0, head)
-        chunks: queue.Queue | None = queue.Queue(maxsize=2) if check else None  # bounded: memory stays at a few chunks
-        hashing = pool.submit(_intended_chunks, src.fileno(), layout, head, patches, chunks)
-        copying = pool.submit(_copy_and_check, src.fileno(), dst.fileno(), layout, len(head), patches, chunks)
-        try:
-            where = copying.result()
-        except BaseException:
-            if chunks is not None:
-                _drain(chunks, bytearray())
-            raise
+        ready: queue.Queue | None = queue.Queue() if check else None
+        free: queue.Queue | None = None
+        if check:
+            free = queue.Queue()
+            for _ in range(_BUFFERS):
+                free.put(memoryview(bytearray(min(_SPLICE_CHUNK, layout.data_length))))
+        hashing = pool.submit(_intended_chunks, src.fileno(), layout, head, patches, ready, free)
+        copying = pool.submit(_copy_and_check, src.fileno(), dst.fileno(), layout, len(head), patches, ready, free)
+        where = copying.result()
         out_digest = hashing.result()
     test_hook("after-copy")
     if where is not None:
@@ -226,61 +226,73 @@ def _clipped(patches: list[_Patch], lo: int, hi: int, cache: dict[int, bytes]) -
         yield a, cache[p.offset][a - p.offset : b - p.offset]
 
 
-def _overlaid(src: int, layout: Layout, lo: int, hi: int, patches: list[_Patch], cache: dict[int, bytes]) -> bytearray:
-    """Data bytes ``lo..hi`` as the output must hold them: the input's, with the patches over them."""
-    buf = bytearray(hi - lo)
-    if os.preadv(src, [buf], layout.data_start + lo) != hi - lo:
+def _overlay(buf: memoryview, src: int, layout: Layout, lo: int, hi: int, patches: list[_Patch], cache: dict[int, bytes]) -> memoryview:
+    """Fill ``buf`` with data bytes ``lo..hi`` as the output must hold them: the input's, with the patches over them."""
+    view = buf[: hi - lo]
+    if os.preadv(src, [view], layout.data_start + lo) != hi - lo:
         raise OSError(errno.EIO, f"input ended inside its data section near byte {lo}")
     for at, data in _clipped(patches, lo, hi, cache):
-        buf[at - lo : at - lo + len(data)] = data
-    return buf
+        view[at - lo : at - lo + len(data)] = data
+    return view
 
 
 def _chunks(layout: Layout) -> list[tuple[int, int]]:
     return [(lo, min(lo + _SPLICE_CHUNK, layout.data_length)) for lo in range(0, layout.data_length, _SPLICE_CHUNK)]
 
 
-def _intended_chunks(src: int, layout: Layout, head: bytes, patches: list[_Patch], out: queue.Queue | None) -> str:
+# Buffers are allocated once per pass and recycled: allocating 8 MB per chunk in threads grows the heap (glibc
+# arenas) far beyond what is in use at any moment.
+_BUFFERS = 3
+
+
+def _intended_chunks(src: int, layout: Layout, head: bytes, patches: list[_Patch],
+                     ready: queue.Queue | None, free: queue.Queue | None) -> str:
     """sha256 of the header followed by the input's data with the patches applied (the output file's digest);
-    with ``out``, also hands every chunk on to :func:`_copy_and_check`, which compares the written bytes with it."""
+    with ``ready``, also hands every chunk on to :func:`_copy_and_check`, which gives the buffer back on ``free``."""
     h = hashlib.sha256(head)
     cache: dict[int, bytes] = {}
+    own = memoryview(bytearray(min(_SPLICE_CHUNK, layout.data_length)))
     try:
         for lo, hi in _chunks(layout):
-            buf = _overlaid(src, layout, lo, hi, patches, cache)
-            h.update(buf)
-            if out is not None:
-                out.put(buf)
+            buf = own if ready is None else free.get()
+            if buf is None:  # the consumer stopped (mismatch or error)
+                break
+            view = _overlay(buf, src, layout, lo, hi, patches, cache)
+            h.update(view)
+            if ready is not None:
+                ready.put((buf, view))
     finally:
-        if out is not None:
-            out.put(None)  # the consumer stops at None (also after an error here, which result() re-raises)
+        if ready is not None:
+            ready.put(None)
     return h.hexdigest()
 
 
 def _copy_and_check(src: int, dst: int, layout: Layout, head_len: int, patches: list[_Patch],
-                    expected: queue.Queue | None) -> int | None:
-    """Copy chunk by chunk in the kernel and write the patches falling in each chunk; with ``expected`` (the
+                    ready: queue.Queue | None, free: queue.Queue | None) -> int | None:
+    """Copy chunk by chunk in the kernel and write the patches falling in each chunk; with ``ready`` (the
     intended chunks, in order), read each chunk back and compare. Returns the first differing data byte, or None."""
     cache: dict[int, bytes] = {}
-    got = bytearray(min(_SPLICE_CHUNK, layout.data_length))
-    for lo, hi in _chunks(layout):
-        copy_range(src, dst, layout.data_start + lo, head_len + lo, hi - lo)
-        for at, data in _clipped(patches, lo, hi, cache):
-            write_at(dst, head_len + at, data)
-        if expected is None:
-            continue
-        want = expected.get()
-        view = memoryview(got)[: hi - lo]
-        if want is None or os.preadv(dst, [view], head_len + lo) != hi - lo or view != want:
-            _drain(expected, want)
-            return lo if want is None else lo + next((i for i in range(hi - lo) if view[i] != want[i]), 0)
-    return None
-
-
-def _drain(q: queue.Queue, last: bytearray | None) -> None:
-    """Let the producer finish after a mismatch or an error (it blocks on a full queue otherwise)."""
-    while last is not None:
-        last = q.get()
+    got = memoryview(bytearray(min(_SPLICE_CHUNK, layout.data_length))) if ready is not None else None
+    try:
+        for lo, hi in _chunks(layout):
+            copy_range(src, dst, layout.data_start + lo, head_len + lo, hi - lo)
+            for at, data in _clipped(patches, lo, hi, cache):
+                write_at(dst, head_len + at, data)
+            if ready is None:
+                continue
+            item = ready.get()
+            if item is None:
+                return lo
+            buf, want = item
+            view = got[: hi - lo]
+            same = os.preadv(dst, [view], head_len + lo) == hi - lo and view == want
+            free.put(buf)
+            if not same:
+                return lo + next((i for i in range(hi - lo) if view[i] != want[i]), 0)
+        return None
+    finally:
+        if free is not None:
+            free.put(None)  # lets the producer stop early if it is waiting for a buffer
 
 
 def _check_finite(tensor: torch.Tensor, edit, scaled: torch.Tensor) -> None:

@@ -85,9 +85,10 @@ def load_state_dict(path: str | os.PathLike, *, device: str | torch.device = "cp
 def sha256_file(path: str | os.PathLike, chunk: int = 16 << 20) -> str:
     """Hex sha256 of a file, read in chunks so memory stays flat."""
     h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
+    buf = memoryview(bytearray(chunk))  # one buffer, reused: a new 16 MB block per read grows the heap in threads
+    with open(path, "rb", buffering=0) as f:
+        while n := f.readinto(buf):
+            h.update(buf[:n])
     return h.hexdigest()
 
 
