@@ -38,7 +38,7 @@ from memprune.io.splice import Layout, copy_range, read_layout, write_at
 from memprune.io.writer import safetensors_header
 from memprune.manifest import META_KEY, embeddable, manifest_path_for
 
-_SPLICE_CHUNK = 8 << 20  # copy/hash granularity: three buffers of this size are the copy path's working memory
+_SPLICE_CHUNK = 4 << 20  # copy/hash granularity: four buffers of this size are the copy path's working memory
 PENDING_DIGEST = "0" * 64  # same length as a sha256 hex digest, so the header keeps its size when it is filled in
 
 
@@ -189,23 +189,39 @@ def _splice_pass(ckpt, layout: Layout, file: Path, manifest: dict[str, Any], inp
 
 
 def _patches(ckpt, layout: Layout, edits: list) -> _Patches:
-    """The changed byte ranges: edited rows are computed now (small); other edits rewrite their whole tensor,
-    computed when needed so that memory stays near one tensor."""
-    from memprune.patching import scaled_part
+    """The changed byte ranges: edited rows are read and scaled now (only those rows are read: a whole tensor per
+    edit, freed between small long-lived row buffers, would fragment the heap); other edits rewrite their whole
+    tensor, computed when needed so that memory stays near one tensor."""
+    from memprune.patching import TensorEdit, scaled_part
 
     out: list[_Patch] = []
-    for edit in edits:
-        tensor = ckpt.get(edit.tensor)
-        begin = layout.spans[edit.tensor][0]
-        if edit.axis == 0 and tensor.dim() >= 1 and edit.units:
-            _, rows = scaled_part(tensor, edit)
-            _check_finite(tensor, edit, rows)
-            raw = rows.contiguous().reshape(len(edit.units), -1).view(torch.uint8).numpy()
-            row = raw.shape[1]
-            out += [_Patch(begin + u * row, row, lambda r=raw[i]: r.tobytes()) for i, u in enumerate(edit.units)]
-        elif edit.units:
-            scaled_checked(tensor, edit)  # refuse an overflow before anything is written
-            out.append(_Patch(begin, tensor.numel() * tensor.element_size(), _whole(ckpt.path, layout, edit, tensor.dtype, tuple(tensor.shape))))
+    fd = os.open(ckpt.path, os.O_RDONLY)
+    try:
+        for edit in edits:
+            if not edit.units:
+                continue
+            dtype, shape = ckpt.dtype(edit.tensor), tuple(ckpt.shape(edit.tensor))
+            begin = layout.spans[edit.tensor][0]
+            itemsize = torch.empty((), dtype=dtype).element_size()
+            if edit.axis == 0 and shape:
+                row = (torch.Size(shape).numel() // shape[0]) * itemsize
+                raw = bytearray(row * len(edit.units))
+                for k, u in enumerate(edit.units):
+                    os.preadv(fd, [memoryview(raw)[k * row : (k + 1) * row]], layout.data_start + begin + u * row)
+                part = torch.frombuffer(raw, dtype=dtype).reshape(len(edit.units), *shape[1:]) if raw else torch.empty((0, *shape[1:]), dtype=dtype)
+                # The same scaling function as scale_slices, applied to the rows alone: bit-identical results.
+                local = TensorEdit(edit.tensor, 0, tuple(range(len(edit.units))), edit.factor, edit.layer)
+                _, rows = scaled_part(part, local)
+                _check_finite(part, local, rows)
+                data = rows.contiguous().view(torch.uint8).numpy().tobytes()
+                out += [_Patch(begin + u * row, row, lambda d=data, k=k: d[k * row : (k + 1) * row]) for k, u in enumerate(edit.units)]
+            else:
+                tensor = ckpt.get(edit.tensor)
+                scaled_checked(tensor, edit)  # refuse an overflow before anything is written
+                del tensor
+                out.append(_Patch(begin, torch.Size(shape).numel() * itemsize, _whole(ckpt.path, layout, edit, dtype, shape)))
+    finally:
+        os.close(fd)
     out.sort(key=lambda p: p.offset)
     return _Patches(out, [p.offset for p in out])
 

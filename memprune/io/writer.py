@@ -75,7 +75,7 @@ def load_state_dict(path: str | os.PathLike, *, device: str | torch.device = "cp
         return {k: ckpt.get(k).to(device) for k in ckpt.keys()}
 
 
-def sha256_file(path: str | os.PathLike, chunk: int = 16 << 20) -> str:
+def sha256_file(path: str | os.PathLike, chunk: int = 4 << 20) -> str:
     """Hex sha256 of a file, read in chunks so memory stays flat."""
     h = hashlib.sha256()
     buf = memoryview(bytearray(chunk))  # one buffer, reused: a new 16 MB block per read grows the heap in threads
