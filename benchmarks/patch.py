@@ -24,6 +24,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import torch
@@ -160,6 +161,12 @@ def main() -> None:
         t0 = time.perf_counter()
         checkpoint_sha256(ckpt)
         r["sha256"] = time.perf_counter() - t0
+        # How much parallel capacity the machine has right now: two sha256 passes in two threads (1.0 x sha256
+        # on two free cores, 2.0 x when the threads get one core between them).
+        t0 = time.perf_counter()
+        with ThreadPoolExecutor(2) as pool:
+            list(pool.map(checkpoint_sha256, [ckpt, ckpt]))
+        r["2 x sha256 in 2 threads"] = time.perf_counter() - t0
         for label, kw in cases.items():
             child = run_child(ckpt, scores, out, **kw)
             r[label] = child["seconds"]

@@ -14,6 +14,7 @@ Both write under temporary names and commit weights first, manifest second (see 
 
 from __future__ import annotations
 
+import bisect
 import errno
 import hashlib
 import json
@@ -27,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from memprune import __version__
@@ -36,7 +38,7 @@ from memprune.io.splice import Layout, copy_range, read_layout, write_at
 from memprune.io.writer import safetensors_header
 from memprune.manifest import META_KEY, embeddable, manifest_path_for
 
-_SPLICE_CHUNK = 8 << 20  # copy/hash granularity: three buffers of this size are the copy path's working memory
+_SPLICE_CHUNK = 4 << 20  # copy/hash granularity: four buffers of this size are the copy path's working memory
 PENDING_DIGEST = "0" * 64  # same length as a sha256 hex digest, so the header keeps its size when it is filled in
 
 
@@ -139,6 +141,14 @@ class _Patch:
     data: Callable[[], bytes]
 
 
+@dataclass(frozen=True)
+class _Patches:
+    """Non-overlapping patches sorted by offset, with the offsets alone for bisecting."""
+
+    items: list[_Patch]
+    offsets: list[int]
+
+
 def _write_spliced(ckpt, layout: Layout, file: Path, edits: list, manifest: dict[str, Any],
                    digest: Future, accept: Callable[[str], None], claimed: str | None, check: bool) -> str:
     """The copy path. The header needs the input digest: when the score file names one (memprune's always do), it
@@ -154,22 +164,22 @@ def _write_spliced(ckpt, layout: Layout, file: Path, edits: list, manifest: dict
     return out_digest
 
 
-def _splice_pass(ckpt, layout: Layout, file: Path, manifest: dict[str, Any], input_sha: str, patches: list[_Patch],
+def _splice_pass(ckpt, layout: Layout, file: Path, manifest: dict[str, Any], input_sha: str, patches: _Patches,
                  check: bool) -> str:
     manifest["input"]["sha256"] = input_sha
     head = safetensors_header(_specs(ckpt), _metadata(ckpt, manifest))
     with open(ckpt.path, "rb") as src, open(file, "r+b") as dst, ThreadPoolExecutor(2, "memprune-splice") as pool:
         dst.truncate(len(head) + layout.data_length)
         write_at(dst.fileno(), 0, head)
-        chunks: queue.Queue | None = queue.Queue(maxsize=2) if check else None  # bounded: memory stays at a few chunks
-        hashing = pool.submit(_intended_chunks, src.fileno(), layout, head, patches, chunks)
-        copying = pool.submit(_copy_and_check, src.fileno(), dst.fileno(), layout, len(head), patches, chunks)
-        try:
-            where = copying.result()
-        except BaseException:
-            if chunks is not None:
-                _drain(chunks, bytearray())
-            raise
+        ready: queue.Queue | None = queue.Queue() if check else None
+        free: queue.Queue | None = None
+        if check:
+            free = queue.Queue()
+            for _ in range(_BUFFERS):
+                free.put(memoryview(bytearray(min(_SPLICE_CHUNK, layout.data_length))))
+        hashing = pool.submit(_intended_chunks, src.fileno(), layout, head, patches, ready, free)
+        copying = pool.submit(_copy_and_check, src.fileno(), dst.fileno(), layout, len(head), patches, ready, free)
+        where = copying.result()
         out_digest = hashing.result()
     test_hook("after-copy")
     if where is not None:
@@ -178,25 +188,42 @@ def _splice_pass(ckpt, layout: Layout, file: Path, manifest: dict[str, Any], inp
     return out_digest
 
 
-def _patches(ckpt, layout: Layout, edits: list) -> list[_Patch]:
-    """The changed byte ranges: edited rows are computed now (small); other edits rewrite their whole tensor,
-    computed when needed so that memory stays near one tensor."""
-    from memprune.patching import scaled_part
+def _patches(ckpt, layout: Layout, edits: list) -> _Patches:
+    """The changed byte ranges: edited rows are read and scaled now (only those rows are read: a whole tensor per
+    edit, freed between small long-lived row buffers, would fragment the heap); other edits rewrite their whole
+    tensor, computed when needed so that memory stays near one tensor."""
+    from memprune.patching import TensorEdit, scaled_part
 
     out: list[_Patch] = []
-    for edit in edits:
-        tensor = ckpt.get(edit.tensor)
-        begin = layout.spans[edit.tensor][0]
-        if edit.axis == 0 and tensor.dim() >= 1 and edit.units:
-            _, rows = scaled_part(tensor, edit)
-            _check_finite(tensor, edit, rows)
-            raw = rows.contiguous().reshape(len(edit.units), -1).view(torch.uint8).numpy()
-            row = raw.shape[1]
-            out += [_Patch(begin + u * row, row, lambda r=raw[i]: r.tobytes()) for i, u in enumerate(edit.units)]
-        elif edit.units:
-            scaled_checked(tensor, edit)  # refuse an overflow before anything is written
-            out.append(_Patch(begin, tensor.numel() * tensor.element_size(), _whole(ckpt.path, layout, edit, tensor.dtype, tuple(tensor.shape))))
-    return sorted(out, key=lambda p: p.offset)
+    fd = os.open(ckpt.path, os.O_RDONLY)
+    try:
+        for edit in edits:
+            if not edit.units:
+                continue
+            dtype, shape = ckpt.dtype(edit.tensor), tuple(ckpt.shape(edit.tensor))
+            begin = layout.spans[edit.tensor][0]
+            itemsize = torch.empty((), dtype=dtype).element_size()
+            if edit.axis == 0 and shape:
+                row = (torch.Size(shape).numel() // shape[0]) * itemsize
+                raw = bytearray(row * len(edit.units))
+                for k, u in enumerate(edit.units):
+                    os.preadv(fd, [memoryview(raw)[k * row : (k + 1) * row]], layout.data_start + begin + u * row)
+                part = torch.frombuffer(raw, dtype=dtype).reshape(len(edit.units), *shape[1:]) if raw else torch.empty((0, *shape[1:]), dtype=dtype)
+                # The same scaling function as scale_slices, applied to the rows alone: bit-identical results.
+                local = TensorEdit(edit.tensor, 0, tuple(range(len(edit.units))), edit.factor, edit.layer)
+                _, rows = scaled_part(part, local)
+                _check_finite(part, local, rows)
+                data = rows.contiguous().view(torch.uint8).numpy().tobytes()
+                out += [_Patch(begin + u * row, row, lambda d=data, k=k: d[k * row : (k + 1) * row]) for k, u in enumerate(edit.units)]
+            else:
+                tensor = ckpt.get(edit.tensor)
+                scaled_checked(tensor, edit)  # refuse an overflow before anything is written
+                del tensor
+                out.append(_Patch(begin, torch.Size(shape).numel() * itemsize, _whole(ckpt.path, layout, edit, dtype, shape)))
+    finally:
+        os.close(fd)
+    out.sort(key=lambda p: p.offset)
+    return _Patches(out, [p.offset for p in out])
 
 
 def _whole(path: Path, layout: Layout, edit, dtype: torch.dtype, shape: tuple[int, ...]) -> Callable[[], bytes]:
@@ -213,11 +240,14 @@ def _whole(path: Path, layout: Layout, edit, dtype: torch.dtype, shape: tuple[in
     return data
 
 
-def _clipped(patches: list[_Patch], lo: int, hi: int, cache: dict[int, bytes]) -> Iterator[tuple[int, bytes]]:
+def _clipped(patches: _Patches, lo: int, hi: int, cache: dict[int, bytes]) -> Iterator[tuple[int, bytes]]:
     """``(data offset, bytes)`` of the patches' parts inside ``lo..hi``; ``cache`` keeps the last whole-tensor
     patch, which can span several chunks, so it is computed once per thread."""
-    for p in patches:
-        if p.offset >= hi or p.offset + p.length <= lo:
+    start = max(bisect.bisect_right(patches.offsets, lo) - 1, 0)  # patches are sorted and do not overlap
+    for p in patches.items[start:]:
+        if p.offset >= hi:
+            break
+        if p.offset + p.length <= lo:
             continue
         if p.offset not in cache:
             cache.clear()
@@ -226,61 +256,79 @@ def _clipped(patches: list[_Patch], lo: int, hi: int, cache: dict[int, bytes]) -
         yield a, cache[p.offset][a - p.offset : b - p.offset]
 
 
-def _overlaid(src: int, layout: Layout, lo: int, hi: int, patches: list[_Patch], cache: dict[int, bytes]) -> bytearray:
-    """Data bytes ``lo..hi`` as the output must hold them: the input's, with the patches over them."""
-    buf = bytearray(hi - lo)
-    if os.preadv(src, [buf], layout.data_start + lo) != hi - lo:
+def _overlay(buf: memoryview, src: int, layout: Layout, lo: int, hi: int, patches: _Patches, cache: dict[int, bytes]) -> memoryview:
+    """Fill ``buf`` with data bytes ``lo..hi`` as the output must hold them: the input's, with the patches over them."""
+    view = buf[: hi - lo]
+    if os.preadv(src, [view], layout.data_start + lo) != hi - lo:
         raise OSError(errno.EIO, f"input ended inside its data section near byte {lo}")
     for at, data in _clipped(patches, lo, hi, cache):
-        buf[at - lo : at - lo + len(data)] = data
-    return buf
+        view[at - lo : at - lo + len(data)] = data
+    return view
 
 
 def _chunks(layout: Layout) -> list[tuple[int, int]]:
     return [(lo, min(lo + _SPLICE_CHUNK, layout.data_length)) for lo in range(0, layout.data_length, _SPLICE_CHUNK)]
 
 
-def _intended_chunks(src: int, layout: Layout, head: bytes, patches: list[_Patch], out: queue.Queue | None) -> str:
+# Buffers are allocated once per pass and recycled: allocating 8 MB per chunk in threads grows the heap (glibc
+# arenas) far beyond what is in use at any moment.
+_BUFFERS = 3
+
+
+def _intended_chunks(src: int, layout: Layout, head: bytes, patches: _Patches,
+                     ready: queue.Queue | None, free: queue.Queue | None) -> str:
     """sha256 of the header followed by the input's data with the patches applied (the output file's digest);
-    with ``out``, also hands every chunk on to :func:`_copy_and_check`, which compares the written bytes with it."""
+    with ``ready``, also hands every chunk on to :func:`_copy_and_check`, which gives the buffer back on ``free``."""
     h = hashlib.sha256(head)
     cache: dict[int, bytes] = {}
+    own = memoryview(bytearray(min(_SPLICE_CHUNK, layout.data_length)))
     try:
         for lo, hi in _chunks(layout):
-            buf = _overlaid(src, layout, lo, hi, patches, cache)
-            h.update(buf)
-            if out is not None:
-                out.put(buf)
+            buf = own if ready is None else free.get()
+            if buf is None:  # the consumer stopped (mismatch or error)
+                break
+            view = _overlay(buf, src, layout, lo, hi, patches, cache)
+            h.update(view)
+            if ready is not None:
+                ready.put((buf, view))
     finally:
-        if out is not None:
-            out.put(None)  # the consumer stops at None (also after an error here, which result() re-raises)
+        if ready is not None:
+            ready.put(None)
     return h.hexdigest()
 
 
-def _copy_and_check(src: int, dst: int, layout: Layout, head_len: int, patches: list[_Patch],
-                    expected: queue.Queue | None) -> int | None:
-    """Copy chunk by chunk in the kernel and write the patches falling in each chunk; with ``expected`` (the
+def _copy_and_check(src: int, dst: int, layout: Layout, head_len: int, patches: _Patches,
+                    ready: queue.Queue | None, free: queue.Queue | None) -> int | None:
+    """Copy chunk by chunk in the kernel and write the patches falling in each chunk; with ``ready`` (the
     intended chunks, in order), read each chunk back and compare. Returns the first differing data byte, or None."""
     cache: dict[int, bytes] = {}
-    got = bytearray(min(_SPLICE_CHUNK, layout.data_length))
-    for lo, hi in _chunks(layout):
-        copy_range(src, dst, layout.data_start + lo, head_len + lo, hi - lo)
-        for at, data in _clipped(patches, lo, hi, cache):
-            write_at(dst, head_len + at, data)
-        if expected is None:
-            continue
-        want = expected.get()
-        view = memoryview(got)[: hi - lo]
-        if want is None or os.preadv(dst, [view], head_len + lo) != hi - lo or view != want:
-            _drain(expected, want)
-            return lo if want is None else lo + next((i for i in range(hi - lo) if view[i] != want[i]), 0)
-    return None
+    got = memoryview(bytearray(min(_SPLICE_CHUNK, layout.data_length))) if ready is not None else None
+    try:
+        for lo, hi in _chunks(layout):
+            copy_range(src, dst, layout.data_start + lo, head_len + lo, hi - lo)
+            for at, data in _clipped(patches, lo, hi, cache):
+                write_at(dst, head_len + at, data)
+            if ready is None:
+                continue
+            item = ready.get()
+            if item is None:
+                return lo
+            buf, want = item
+            view = got[: hi - lo]
+            same = os.preadv(dst, [view], head_len + lo) == hi - lo and _same_bytes(view, want)
+            free.put(buf)
+            if not same:
+                return lo + next((i for i in range(hi - lo) if view[i] != want[i]), 0)
+        return None
+    finally:
+        if free is not None:
+            free.put(None)  # lets the producer stop early if it is waiting for a buffer
 
 
-def _drain(q: queue.Queue, last: bytearray | None) -> None:
-    """Let the producer finish after a mismatch or an error (it blocks on a full queue otherwise)."""
-    while last is not None:
-        last = q.get()
+def _same_bytes(a: memoryview, b: memoryview) -> bool:
+    # numpy compares 8 bytes at a time; memoryview's own == goes element by element (20x slower).
+    dtype = np.uint64 if len(a) % 8 == 0 else np.uint8
+    return len(a) == len(b) and bool(np.array_equal(np.frombuffer(a, dtype), np.frombuffer(b, dtype)))
 
 
 def _check_finite(tensor: torch.Tensor, edit, scaled: torch.Tensor) -> None:

@@ -5,8 +5,9 @@ alone. Note what that does: the pre-activation becomes ``a*w_j.x + b_j``, not ``
 ``--bias`` the GELU makes ``GELU(a*z) != a*GELU(z)``. ``--target fc2`` instead scales column j of the output
 projection, which multiplies the unit's contribution to the residual stream by exactly the factor.
 
-The checkpoint is streamed: tensors are read, edited and written one at a time, so peak memory stays near
-the largest tensor whatever the checkpoint size.
+Writing is in :mod:`memprune.patch_write`: a single safetensors input is copied in the kernel with only the
+edited rows rewritten; other inputs are streamed tensor by tensor. Either way peak memory stays near one tensor
+whatever the checkpoint size.
 """
 
 from __future__ import annotations
