@@ -115,6 +115,8 @@ class AuditSettings:
                                     "use --prefixes, --seeds and --cfg lists")
         elif self.prefixes is not None or self.seeds is not None:
             raise MempruneError("--prefixes and --seeds are lists for --attack robust; with --attack paper use --prefix and --seed")
+        elif len(self.cfg_list) != 1:
+            raise MempruneError("--attack paper is one condition: give one --cfg value (lists are for --attack robust)")
         if len(set(self.cfg_list)) != len(self.cfg_list):
             raise MempruneError(f"--cfg {','.join(f'{c:g}' for c in self.cfg_list)} repeats a value: list each once")
         # Build one condition now so that every decoding option is checked before any model is loaded.
