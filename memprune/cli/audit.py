@@ -171,10 +171,12 @@ def _render(summary: dict[str, Any], output: Path, quiet: bool) -> None:
     if not quiet:
         title = (f"extraction audit, attack {head.get('attack')} ({len(head.get('conditions') or [])} condition(s), "
                  f"{head['candidates']} candidates, SSCD cosine > {head['threshold']})")
-        table = Table("model", "extracted (any condition)", "vs training image", "mean best cosine", "mean hit rate",
-                      "mean token match", title=title)
+        table = Table("model", "extracted (any)", "vs training image", "best cos mean/med/p95",
+                      "mean hit rate", "mean token match", title=title)
         for name, c in counts.items():
-            table.add_row(name, str(c["extracted"]), str(c["extracted_vs_training_image"]), _fmt(c["mean_similarity"]),
+            dist = c.get("similarity") or {}
+            spread = " / ".join(_fmt(dist.get(k)) for k in ("mean", "median", "p95"))
+            table.add_row(name, str(c["extracted"]), str(c["extracted_vs_training_image"]), spread,
                           _fmt(c["mean_hit_rate"]), _fmt(c["mean_token_match"]))
         console.print(table)
         if len(head.get("conditions") or []) > 1:
