@@ -237,7 +237,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     result: dict[str, Any] = {
         "schema": "memprune.gpu_check/1", "device": args.device, "quick": quick, "sizes": sizes,
         "environment": {"torch": torch.__version__, "cuda": torch.version.cuda, "python": platform.python_version(),
-                        "gpu": torch.cuda.get_device_name() if args.device.startswith("cuda") else None},
+                        "gpu": torch.cuda.get_device_name() if args.device.startswith("cuda") else None,
+                        "tf32_matmul": torch.backends.cuda.matmul.allow_tf32, "threads": torch.get_num_threads()},
         "pytest_cuda": run_pytest(args.skip_pytest or args.device == "cpu"), "models": {}, "notes": [],
     }
     with tempfile.TemporaryDirectory() as tmp:
@@ -284,11 +285,13 @@ def table(result: dict[str, Any]) -> str:
     head = f"{'model':<14}" + "".join(f"{label:>18}" for _, label in cols)
     lines = [f"GPU check on {result['environment']['gpu'] or result['device']} (quick={result['quick']})", head]
     for name, row in result["models"].items():
-        if "note" in row or "error" in row:
-            lines.append(f"{name:<14}  {row.get('note') or row.get('error')}")
+        if "note" in row:
+            lines.append(f"{name:<14}  {row['note']}")
             continue
         lines.append(f"{name:<14}" + "".join(f"{row[k]:>18.3f}" if isinstance(row.get(k), float) else f"{'-':>18}"
                                              for k, _ in cols))
+        if "error" in row:  # the figures measured before the failure stay in the row
+            lines.append(f"{'':<14}  error: {row['error']}")
     p = result["pytest_cuda"]
     lines.append(f"pytest -m cuda: {p.get('summary') or p.get('note')}")
     o = result["official_var"]

@@ -204,6 +204,13 @@ def test_fid_and_fid_stats_commands_with_real_inception(var_files, tmp_path):
     res = runner.invoke(app, ["fid-stats", str(tmp_path / "png"), "-o", str(tmp_path / "png.npz"), "--device", "cpu"])
     assert res.exit_code == 0, res.output
     assert np.allclose(FIDStats.load(tmp_path / "png.npz").mu, samples.mu, atol=0.02)
+    # fid-compare on two folders agrees with the two statistics files (pytorch-fid style).
+    res = runner.invoke(app, ["fid-compare", str(var_files / "ref"), str(tmp_path / "png"), "--device", "cpu",
+                              "--kid-subsets", "2", "--format", "json"])
+    assert res.exit_code == 0, res.output
+    both = json.loads(res.stdout)
+    expected = frechet_distance(FIDStats.load(tmp_path / "ref.npz"), FIDStats.load(tmp_path / "png.npz"))
+    assert both["fid"] == pytest.approx(expected, rel=1e-6) and both["kid"]["subset_size"] == 3
 
 
 def test_fid_with_baseline_kid_grid_and_warnings(var_files, tmp_path, monkeypatch, check_png):

@@ -88,3 +88,23 @@ def test_report_cli(tmp_path: Path) -> None:
     assert json.loads(res.stdout)["top_images"][0]["id"] == "im4.png"
     res = CliRunner().invoke(app, ["report", str(tmp_path / "missing.safetensors"), "-o", str(tmp_path / "r")])
     assert res.exit_code == 2 and "does not exist" in res.output
+
+
+def test_report_cli_with_data_draws_thumbnails_and_names(tmp_path: Path, check_png) -> None:
+    pytest.importorskip("matplotlib")
+    from PIL import Image
+
+    s = _scores()
+    names = ["apple", "apple", "bee", "bee", "cat"]  # class folders sorted by name: apple=0, bee=1, cat=2
+    s.images = [f"{n}/im{i}.png" for i, n in enumerate(names)]
+    for i, n in enumerate(names):
+        (tmp_path / "data" / n).mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", (16, 16), (10, 200, 30)).save(tmp_path / "data" / n / f"im{i}.png")
+    save_scores(s, tmp_path / "s.safetensors")
+    res = CliRunner().invoke(app, ["report", str(tmp_path / "s.safetensors"), "-o", str(tmp_path / "r"),
+                                   "--data", str(tmp_path / "data")])
+    assert res.exit_code == 0, res.output
+    check_png(tmp_path / "r" / "num_mem_units.png")
+    with Image.open(tmp_path / "r" / "num_mem_units.png") as im:
+        arr = np.asarray(im.convert("RGB")).reshape(-1, 3).astype(int)
+    assert ((arr[:, 1] > 150) & (arr[:, 0] < 60) & (arr[:, 2] < 90)).sum() > 50  # the thumbnail of cat/im4.png
