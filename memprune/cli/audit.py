@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -29,7 +30,6 @@ from memprune.cli._common import (
     err_console,
     handle_errors,
     print_json,
-    refuse_distributed,
     setup_logging,
 )
 from memprune.errors import MempruneError
@@ -75,6 +75,7 @@ def audit_cmd(
     dtype: Annotated[Literal["float32", "bfloat16", "float16"], typer.Option("--dtype", help="Transformer precision (float32: exact greedy decisions).")] = "float32",
     arch: Annotated[Literal["var", "rar", "llamagen"] | None, typer.Option("--arch", help="Skip architecture detection.")] = None,
     num_heads: Annotated[int | None, typer.Option("--num-heads", help="LlamaGen head count, for widths that are no release (not stored in the weights).")] = None,
+    shard: Annotated[str | None, typer.Option("--shard", help="Audit only part i of n of the candidate batches (i/n, from 0); combine the part folders with `memprune merge`.")] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted audit in -o (same settings), skipping done candidates.")] = False,
     grid_rows: Annotated[int, typer.Option("--grid-rows", help="Most extracted images drawn in extracted_grid.png.")] = 32,
     overwrite: OverwriteOpt = False,
@@ -87,32 +88,55 @@ def audit_cmd(
     By default (--attack robust) an image counts if any condition of a grid extracts it: VAR prefixes of 3, 4 and 5 scales, raster models 16, 30 and 64 tokens, each greedy and sampled with seeds 0, 1, 2. --attack paper runs the published attack's single condition.
     """
     setup_logging(quiet, verbose)
-    refuse_distributed("audit")
-    if not resume:
-        check_overwrite(output, overwrite, folder=True, markers=("results.jsonl", "scan.jsonl"),
+    from memprune.scoring.distributed import parse_shard
+
+    part = parse_shard(shard)
+    main = os.environ.get("RANK", "0") == "0"  # under torchrun only rank 0 touches -o and prints
+    if main and not resume:
+        check_overwrite(output, overwrite, folder=True, markers=("results.jsonl", "scan.jsonl", "audit_part.json"),
                         alternative="--resume to continue that audit")
-    if overwrite and not resume:  # start over: forget the previous run's progress (its files are then replaced)
+    if main and overwrite and not resume:  # start over: forget the previous run's progress (its files are then replaced)
         from memprune.evaluators import audit_report as R
 
-        for name in (R.RESULTS_JSONL, R.SCAN_JSONL, R.CONFIG_NAME, "candidates.csv"):
+        for name in (R.RESULTS_JSONL, R.SCAN_JSONL, R.CONFIG_NAME, "candidates.csv", "audit_part.json"):
             if candidates is None or (output / name).resolve() != candidates.resolve():  # never an input
                 (output / name).unlink(missing_ok=True)
     from memprune.evaluators.audit_run import audit
+    from memprune.scoring.distributed import leave
 
     settings = _settings(attack, prefixes, seeds, cfg, prefix, sweep, threshold, sample, top_k, top_p, temperature,
                          seed, batch_size)
-    with _progress(not quiet and fmt is OutputFormat.table) as progress:
-        summary = audit(
-            checkpoint, tokenizer, output, settings, data=data, candidates_file=candidates, baseline=baseline,
-            per_class=per_class, class_index=class_index, sscd_spec=sscd, device=device, dtype=dtype, arch=arch,
-            resume=resume, grid_rows=grid_rows, progress=progress, num_heads=num_heads,
-        )  # fmt: skip
+    try:
+        with _progress(main and not quiet and fmt is OutputFormat.table) as progress:
+            summary = audit(
+                checkpoint, tokenizer, output, settings, data=data, candidates_file=candidates, baseline=baseline,
+                per_class=per_class, class_index=class_index, sscd_spec=sscd, device=device, dtype=dtype, arch=arch,
+                resume=resume, grid_rows=grid_rows, progress=progress, num_heads=num_heads, shard=part,
+            )  # fmt: skip
+    finally:
+        leave()
+    if not summary:  # a rank other than 0: rank 0 reports
+        return
+    if part is not None:
+        _render_part(summary, output, fmt, quiet)
+        return
     if fmt is OutputFormat.json:
         files = summary.get("files") if isinstance(summary.get("files"), dict) else {}
         print_json({**summary, "output": str(output / "audit_summary.json"),
                     "files": [str(output / "audit_summary.json"), *(str(output / f) for f in files.values() if f)]})
     else:
         _render(summary, output, quiet)
+
+
+def _render_part(part: dict[str, Any], output: Path, fmt: OutputFormat, quiet: bool) -> None:
+    shard = part["shard"]
+    name = output / "audit_part.json"
+    if fmt is OutputFormat.json:
+        print_json({**part, "output": str(name), "files": [str(name), str(output / "results.jsonl")]})
+        return
+    console.print(f"audited part {shard['index']}/{shard['count']} of {part['candidates']} candidates "
+                  f"({part['rows']} result rows) in {output}: merge all {shard['count']} part folders with "
+                  f"`memprune merge PART0 ... -o audit/`", highlight=False)
 
 
 def _settings(attack: str, prefixes: str | None, seeds: str | None, cfg: str, prefix: int | None, sweep: bool,

@@ -31,6 +31,7 @@ import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -65,6 +66,9 @@ from memprune.evaluators.conditions import (  # noqa: F401 - re-exported
 from memprune.evaluators.multi_audit import ReferenceSet, audit_conditions, model_facts
 from memprune.evaluators.sscd import COPY_THRESHOLD, SSCDBackend
 from memprune.models.base import IARModel
+
+if TYPE_CHECKING:
+    from memprune.scoring.distributed import DistInfo
 
 SWEEP = {"var": [0, 1, 2, 3, 4], "raster": [0, 1, 5, 14, 30]}
 """The attack's prefix grid (VAR scales 0..4 = 0/1/5/14/30 tokens; raster models the same token counts)."""
@@ -241,6 +245,8 @@ def run_audit(
     *,
     progress: Progress | None = None,
     on_extracted: Callable[[CandidateResult, BatchImages, int], None] | None = None,
+    dist: DistInfo | None = None,
+    shard: tuple[int, int] | None = None,
 ) -> list[CandidateResult]:
     """Audit every candidate with every model; append results to ``out_dir/results.jsonl`` and skip done ones.
 
@@ -252,6 +258,10 @@ def run_audit(
         out_dir: folder of ``results.jsonl``; rows already there for the same (candidate, model, condition) are kept.
         progress: called as ``progress("audit", done, total)``.
         on_extracted: called per counted result that is an extraction, with the batch's images and the row in it.
+        dist: under torch.distributed, the batches are shared out over the ranks (each composed as one process
+            composes it, so every row is identical); every rank receives all rows, rank 0 alone writes.
+        shard: ``(i, n)``: audit only every n-th batch from i of the candidates still to do (``memprune merge``
+            combines the parts).
 
     Returns:
         All results (earlier and new), ordered by candidate, model, prefix, condition.
@@ -268,28 +278,61 @@ def run_audit(
     conditions = settings.conditions(first)  # validates every prefix before any work
     extras = settings.sweep_conditions(first, conditions)
     check_unique(candidates)
-    Path(out_dir).mkdir(parents=True, exist_ok=True)
+    from memprune.scoring import distributed as D
+
+    info = dist or D.DistInfo()
     log = Path(out_dir) / "results.jsonl"
-    rows = read_results(log)
+
+    def read() -> list[CandidateResult]:
+        Path(out_dir).mkdir(parents=True, exist_ok=True)
+        return read_results(log)
+
+    rows = D.on_main(read, info)
     done = {(r.id, r.model, r.condition) for r in rows}
     wanted = [(name, c.key) for name in models for c in [*conditions, *extras]]
-    todo = [(i, c) for i, c in enumerate(candidates) if any((c.id, m, k) not in done for m, k in wanted)]
-    total = len(candidates)
-    for start in range(0, len(todo), settings.batch_size):
-        chunk = todo[start : start + settings.batch_size]
-        new, images = audit_batch(models, sscd, chunk, settings, conditions, extras)
+    mine_all = list(enumerate(candidates))
+    if shard is not None:  # a shard owns every n-th batch of the whole list, whatever it has done already
+        size = settings.batch_size
+        parts = D.shard_batches(-(-len(mine_all) // size), shard)
+        mine_all = [item for b in parts for item in mine_all[b * size : (b + 1) * size]]
+    todo = [(i, c) for i, c in mine_all if any((c.id, m, k) not in done for m, k in wanted)]
+    chunks = [todo[start : start + settings.batch_size] for start in range(0, len(todo), settings.batch_size)]
+    batches = list(range(len(chunks)))
+    total, finished = len(mine_all), len(mine_all) - len(todo)
+
+    def judge(b: int) -> tuple[list[CandidateResult], list[tuple[CandidateResult, BatchImages]]]:
+        new, images = audit_batch(models, sscd, chunks[b], settings, conditions, extras)
         new = [r for r in new if (r.id, r.model, r.condition) not in done]
-        if on_extracted is not None:
-            for r in new:
-                if r.counted and r.extracted:
-                    on_extracted(r, images, next(j for j, (i, _) in enumerate(chunk) if i == r.index))
-        append_jsonl(log, [r.to_json() for r in new])
-        rows += new
-        if progress:
-            progress("audit", total - len(todo) + start + len(chunk), total)
+        # Only the pixels of extractions travel between ranks (one candidate's images each).
+        at = {i: j for j, (i, _) in enumerate(chunks[b])}
+        hits = [(r, _one_row(images, at[r.index])) for r in new if r.counted and r.extracted]
+        return new, hits
+
+    for mine, step in D.steps(batches, info):
+        for b, (new, hits) in zip(step, D.run_step(judge, mine, info)):
+            if info.is_main:
+                if on_extracted is not None:
+                    for r, images in hits:
+                        on_extracted(r, images, 0)
+                append_jsonl(log, [r.to_json() for r in new])
+            rows += new
+            finished += len(chunks[b])
+            if progress:
+                progress("audit", finished, total)
+    return order_results(rows, list(models), [c.key for c in [*conditions, *extras]])
+
+
+def order_results(rows: Sequence[CandidateResult], models: Sequence[str], keys: Sequence[str]) -> list[CandidateResult]:
+    """Rows ordered by candidate, model (in ``models`` order), prefix and condition (in ``keys`` order)."""
     order = {name: k for k, name in enumerate(models)}
-    position = {c.key: k for k, c in enumerate([*conditions, *extras])}
+    position = {key: k for k, key in enumerate(keys)}
     return sorted(rows, key=lambda r: (r.index, order.get(r.model, len(order)), r.prefix, position.get(r.condition, -1)))
+
+
+def _one_row(images: BatchImages, row: int) -> BatchImages:
+    pick = slice(row, row + 1)
+    return BatchImages(images.views[pick].clone(), images.recons[pick].clone(),
+                       {name: g[pick].clone() for name, g in images.generations.items()})
 
 
 def read_results(log: str | os.PathLike) -> list[CandidateResult]:

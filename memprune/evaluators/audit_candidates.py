@@ -20,6 +20,7 @@ import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from PIL import Image
@@ -28,6 +29,9 @@ from memprune.data import ImageRecord, check_labels, load_image, to_tensor
 from memprune.errors import MempruneError
 from memprune.evaluators.audit_report import append_jsonl, read_jsonl
 from memprune.models.base import IARModel
+
+if TYPE_CHECKING:
+    from memprune.scoring.distributed import DistInfo
 
 RAR_RANKED_PREDICTIONS = 99
 """Raster models are ranked on their last 99 predictions (the attack's columns -100..-2 of 257)."""
@@ -213,34 +217,48 @@ def scan_models(
     batch_size: int = 16,
     logs: Mapping[str, str | os.PathLike] | None = None,
     progress: Progress | None = None,
+    dist: DistInfo | None = None,
 ) -> dict[str, list[Candidate]]:
     """Greedy-hit rate of every image under every model; each image is tokenized once (first model's tokenizer).
 
     ``logs[name]`` (JSON lines) receives the rates of model ``name`` batch by batch and is reused when present,
-    so an interrupted scan resumes.
+    so an interrupted scan resumes. Under torch.distributed (``dist``) the batches are shared out over the
+    ranks (composed as one process composes them, so the rates are identical), every rank receives all rates,
+    and rank 0 alone reads and appends the logs.
 
     Returns:
         name -> the candidates with ``hit_rate`` set by that model, in input order.
     """
+    from memprune.scoring import distributed as D
+
     if not models:
         raise MempruneError("no model to scan")
+    info = dist or D.DistInfo()
     first = next(iter(models.values()))
     check_labels(candidates, first.num_classes)  # type: ignore[arg-type]
-    done = {name: _read_scan(logs.get(name) if logs else None) for name in models}
+    done = D.on_main(lambda: {name: _read_scan(logs.get(name) if logs else None) for name in models}, info)
     todo = [c for c in candidates if any(c.id not in done[name] for name in models)]
     total = len(candidates)
-    for start in range(0, len(todo), batch_size):
-        chunk = todo[start : start + batch_size]
-        tokens = first.encode(load_views(chunk, first).to(first.device))
-        labels = torch.tensor([c.label for c in chunk])
-        for name, model in models.items():
-            rates = greedy_hit_rates(model, tokens.to(model.device), labels.to(model.device)).tolist()
-            rows = [{"id": c.id, "label": c.label, "hit_rate": r} for c, r in zip(chunk, rates) if c.id not in done[name]]
-            done[name].update((row["id"], row["hit_rate"]) for row in rows)
-            if logs and name in logs:
-                append_jsonl(logs[name], rows)
-        if progress:
-            progress("scan", total - len(todo) + start + len(chunk), total)
+    chunks = [todo[start : start + batch_size] for start in range(0, len(todo), batch_size)]
+
+    def rates_of(b: int) -> dict[str, list[float]]:
+        tokens = first.encode(load_views(chunks[b], first).to(first.device))
+        labels = torch.tensor([c.label for c in chunks[b]])
+        return {name: greedy_hit_rates(model, tokens.to(model.device), labels.to(model.device)).tolist()
+                for name, model in models.items()}  # fmt: skip
+
+    finished = total - len(todo)
+    for mine, step in D.steps(list(range(len(chunks))), info):
+        for b, rates in zip(step, D.run_step(rates_of, mine, info)):
+            for name in models:
+                rows = [{"id": c.id, "label": c.label, "hit_rate": r}
+                        for c, r in zip(chunks[b], rates[name]) if c.id not in done[name]]  # fmt: skip
+                done[name].update((row["id"], row["hit_rate"]) for row in rows)
+                if logs and name in logs and info.is_main:
+                    append_jsonl(logs[name], rows)
+            finished += len(chunks[b])
+            if progress:
+                progress("scan", finished, total)
     return {name: [replace(c, hit_rate=done[name][c.id]) for c in candidates] for name in models}
 
 
@@ -278,13 +296,14 @@ def select_candidates(
     batch_size: int = 16,
     logs: Mapping[str, str | os.PathLike] | None = None,
     progress: Progress | None = None,
+    dist: DistInfo | None = None,
 ) -> list[Candidate]:
-    """The union of every model's top ``per_class`` per class (see :func:`scan_models` for ``logs``).
+    """The union of every model's top ``per_class`` per class (see :func:`scan_models` for ``logs`` and ``dist``).
 
     Order: class by class; within a class the first model's picks (its ranking), then the others' new ones.
     Each candidate keeps the highest hit rate over the models that picked it and their names in ``selected_by``.
     """
-    scanned = scan_models(models, images, batch_size=batch_size, logs=logs, progress=progress)
+    scanned = scan_models(models, images, batch_size=batch_size, logs=logs, progress=progress, dist=dist)
     picks = {name: select_top_per_class(rows, per_class) for name, rows in scanned.items()}
     merged: dict[str, Candidate] = {}
     for name, rows in picks.items():

@@ -20,8 +20,11 @@ from memprune.evaluators.sscd import SSCD_LICENSE_NOTE
 from memprune.io import write_json_atomic
 from memprune.manifest import read_manifest
 from memprune.models.loading import load_model, resolve_device
+from memprune.scoring.distributed import join, on_main
 
 CANDIDATES_CSV = "candidates.csv"
+PART_NAME = "audit_part.json"
+PART_SCHEMA = "memprune.audit-part/1"
 
 
 def audit(
@@ -43,6 +46,7 @@ def audit(
     grid_rows: int = 32,
     progress: Callable[[str, int, int], None] | None = None,
     num_heads: int | None = None,
+    shard: tuple[int, int] | None = None,
 ) -> dict[str, Any]:
     """The extraction audit of a checkpoint (and optionally its baseline), as ``memprune audit`` runs it.
 
@@ -55,8 +59,13 @@ def audit(
     again if the run fails before any scan or audit work was saved. Writes the results, the image grid and
     ``audit_summary.json`` into ``output``.
 
+    Under ``torchrun`` (``WORLD_SIZE`` > 1) the selection scan and the candidate batches are shared out over the
+    ranks with identical results; rank 0 alone writes. With ``shard=(i, n)`` only every n-th candidate batch
+    from i is audited and ``audit_part.json`` is written instead of the summary: ``memprune merge`` combines
+    the n part folders (:func:`merge_audits`).
+
     Returns:
-        The summary (schema ``memprune.audit/2``, see docs/evaluation.md).
+        The summary (schema ``memprune.audit/2``, see docs/evaluation.md); for a shard the part record.
     """
     settings = settings or AuditSettings()
     output = Path(output)
@@ -72,7 +81,7 @@ def audit(
         raise MempruneError(f"-o {output} is a file: give a folder (it is created if missing)")
 
     cands, images = _read_candidates(output, resume, candidates_file, data, class_index)  # cheap checks first
-    device = resolve_device(device)
+    dist, device = join(resolve_device(device))
     sscd = load_sscd_explained(sscd_spec, device)  # first: a missing SSCD model should fail before any heavy work
     models: dict[str, Any] = {}
     info: dict[str, dict[str, Any]] = {}
@@ -99,31 +108,36 @@ def audit(
         "sscd": sscd.backend_id,
         "sscd_protocol": sscd.protocol,
     }
+    if shard is not None:  # recorded only for parts, so that folders of whole runs resume as before
+        config["shard"] = f"{shard[0]}/{shard[1]}"
     created = not output.exists()
     fresh = [f for f in (output / R.CONFIG_NAME, output / CANDIDATES_CSV) if not f.exists()]
-    try:
+    main = dist.is_main
+
+    def prepare() -> None:
         output.mkdir(parents=True, exist_ok=True)
         R.check_or_write_config(output, config, resume)
-        report = progress or (lambda phase, done, total: None)
+
+    try:
+        on_main(prepare, dist)
+        report = (progress if main else None) or (lambda phase, done, total: None)
         if cands is None:
             logs = {name: output / (R.SCAN_JSONL if k == 0 else f"scan_{name}.jsonl") for k, name in enumerate(selectors)}
             cands = A.select_candidates({n: models[n] for n in selectors}, images, per_class,  # type: ignore[arg-type]
-                                        batch_size=settings.batch_size, logs=logs, progress=report)
-        A.write_candidates(cands, output / CANDIDATES_CSV)
-        results = A.run_audit(models, sscd, cands, settings, output, progress=report,
+                                        batch_size=settings.batch_size, logs=logs, progress=report, dist=dist)
+        if main:
+            A.write_candidates(cands, output / CANDIDATES_CSV)
+        results = A.run_audit(models, sscd, cands, settings, output, progress=report, dist=dist, shard=shard,
                               on_extracted=lambda r, imgs, row: R.save_extracted_images(output, r, imgs, row))
     except BaseException:
-        if not R.has_started(output):  # nothing resumable was saved: leave no empty or partial folder behind
+        if main and not R.has_started(output):  # nothing resumable was saved: leave no empty or partial folder
             if created:
                 shutil.rmtree(output, ignore_errors=True)
             else:
                 for f in fresh:
                     f.unlink(missing_ok=True)
         raise
-    R.write_results_csv(results, output / R.RESULTS_CSV)
-    grid = R.make_grid(output, R.best_rows(results), list(models), max_rows=grid_rows, threshold=settings.threshold) if grid_rows else None
-    summary = R.build_summary(
-        results,
+    inputs = dict(
         models=info,
         settings={
             **settings.to_json(), "condition_keys": [c.key for c in conditions],
@@ -146,8 +160,30 @@ def audit(
         audited="model",
         baseline="baseline" if baseline is not None else None,
         files={"results_jsonl": R.RESULTS_JSONL, "results_csv": R.RESULTS_CSV, "candidates_csv": CANDIDATES_CSV,
-               "grid_png": grid.name if grid else None},
+               "grid_png": None},
+        model_names=list(models), grid_rows=grid_rows,
+        keys=[c.key for c in [*conditions, *extras]],
     )  # fmt: skip
+    if not main:
+        return {}
+    if shard is not None:
+        part = {"schema": PART_SCHEMA, "shard": {"index": shard[0], "count": shard[1]}, "config": config,
+                "summary_inputs": inputs, "candidates": len(cands), "rows": len(results)}
+        write_json_atomic(output / PART_NAME, part)
+        return part
+    return finish_audit(output, results, inputs)
+
+
+def finish_audit(output: Path, results: list[A.CandidateResult], inputs: dict[str, Any]) -> dict[str, Any]:
+    """Write ``results.csv``, the image grid and ``audit_summary.json`` of a finished (or merged) audit."""
+    R.write_results_csv(results, output / R.RESULTS_CSV)
+    rows = inputs["grid_rows"]
+    grid = R.make_grid(output, R.best_rows(results), inputs["model_names"], max_rows=rows,
+                       threshold=inputs["settings"]["threshold"]) if rows else None  # fmt: skip
+    files = {**inputs["files"], "grid_png": grid.name if grid else None}
+    summary = R.build_summary(results, models=inputs["models"], settings=inputs["settings"],
+                              candidates=inputs["candidates"], sscd=inputs["sscd"], audited=inputs["audited"],
+                              baseline=inputs["baseline"], files=files)  # fmt: skip
     write_json_atomic(output / R.SUMMARY_NAME, summary)
     return summary
 

@@ -114,3 +114,82 @@ def shutdown(info: DistInfo) -> None:
     """Destroy the process group if :func:`init_distributed` created it."""
     if info.owns_group and dist.is_initialized():
         dist.destroy_process_group()
+
+
+# ---------------------------------------------------------------------------------------------- batch-wise work
+# ``audit`` and ``fid`` split their work by whole batches, composed exactly as one process composes them, so
+# every batch computes bit for bit what a single process computes. Batch ``j`` of a step goes to rank
+# ``j mod world``; after each step every rank receives every rank's output (``all_gather_object``), so all
+# ranks stay in step (an error on one rank stops all of them at the same point) and rank 0 writes in batch order.
+
+
+def shard_batches(n_batches: int, shard: tuple[int, int] | None) -> list[int]:
+    """The batch indices of ``--shard i/n``: every n-th batch from i (all batches without a shard)."""
+    if shard is None:
+        return list(range(n_batches))
+    index, count = shard
+    return list(range(index, n_batches, count))
+
+
+def steps(batches: list[int], info: DistInfo):  # noqa: ANN201 - Iterator[tuple[int | None, list[int]]]
+    """Yield ``(this rank's batch or None, the step's batches)``; every rank sees the same number of steps."""
+    for start in range(0, len(batches), max(info.world_size, 1)):
+        step = batches[start : start + max(info.world_size, 1)]
+        yield (step[info.rank] if info.rank < len(step) else None), step
+
+
+def run_step(compute, mine: int | None, info: DistInfo) -> list:  # noqa: ANN001, ANN201
+    """``compute(mine)`` on this rank, then every rank's output in rank order (``None`` for an idle rank).
+
+    A failure on any rank is raised on every rank (as :class:`MempruneError` with that rank's message), so no
+    rank waits forever for a partner that has stopped.
+    """
+    try:
+        out = ("ok", None if mine is None else compute(mine))
+    except MempruneError as exc:
+        out = ("error", str(exc))
+    except Exception as exc:  # noqa: BLE001 - reported on every rank, then raised
+        if info.world_size <= 1:
+            raise
+        out = ("error", f"rank {info.rank}: {type(exc).__name__}: {exc}")
+    if info.world_size <= 1:
+        outs = [out]
+    else:
+        outs = [None] * info.world_size
+        dist.all_gather_object(outs, out)
+    for status, value in outs:  # type: ignore[misc]
+        if status == "error":
+            raise MempruneError(value)
+    return [value for _, value in outs]  # type: ignore[misc]
+
+
+def on_main(compute, info: DistInfo):  # noqa: ANN001, ANN201
+    """Run ``compute()`` on rank 0 only and hand its result (or its error) to every rank."""
+    if info.world_size <= 1:
+        return compute()
+    box: list = [None]
+    if info.is_main:
+        try:
+            box[0] = ("ok", compute())
+        except MempruneError as exc:
+            box[0] = ("error", str(exc))
+    dist.broadcast_object_list(box, src=0)
+    status, value = box[0]
+    if status == "error":
+        raise MempruneError(value)
+    return value
+
+
+def join(device: str) -> tuple[DistInfo, str]:
+    """:func:`init_distributed` and this rank's device (its own GPU under torchrun; set as current for NCCL)."""
+    info = init_distributed(device if device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu"))
+    local = local_device(device, info)
+    if info.world_size > 1 and local.startswith("cuda:"):
+        torch.cuda.set_device(torch.device(local))
+    return info, local
+
+
+def leave() -> None:
+    """Destroy the process group a torchrun command created (no-op for a single process or a caller's group)."""
+    if int(os.environ.get("WORLD_SIZE", "1") or 1) > 1 and dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
