@@ -28,15 +28,20 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
+import numpy as np
 import torch
 from PIL import Image
 
 from memprune.errors import MempruneError
-from memprune.evaluators.fid import FIDMetric, FIDStats, frechet_distance
+from memprune.evaluators.fid import FeatureStatsAccumulator, FIDStats, frechet_distance
 from memprune.evaluators.inception import FIDInceptionV3
 from memprune.evaluators.kid import DEFAULT_SUBSETS, KIDResult, kernel_inception_distance
 from memprune.models.base import IARModel
+
+if TYPE_CHECKING:
+    from memprune.scoring.distributed import DistInfo
 
 DEFAULT_PER_CLASS = 50
 
@@ -139,9 +144,14 @@ def fid_labels(classes: Sequence[int], per_class: int) -> torch.Tensor:
 
 
 def generate_images(
-    model: IARModel, labels: torch.Tensor, settings: SamplingSettings, *, batch_size: int = 25, seed: int = 0
+    model: IARModel, labels: torch.Tensor, settings: SamplingSettings, *, batch_size: int = 25, seed: int = 0,
+    batches: Sequence[int] | None = None,
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """Yield ``(labels, images)`` batches; images float ``[B, 3, S, S]`` in [0, 1] on the model's device."""
+    """Yield ``(labels, images)`` batches; images float ``[B, 3, S, S]`` in [0, 1] on the model's device.
+
+    ``batches`` restricts the run to those batch indices (batch ``b`` is labels ``[b * batch_size, ...)``,
+    sampled with ``seed + b`` wherever it runs), which is how shards and ranks share one FID run.
+    """
     if batch_size < 1:
         raise MempruneError(f"--batch-size {batch_size} must be at least 1")
     extra = {}
@@ -149,13 +159,62 @@ def generate_images(
         if "cfg_pow" not in inspect.signature(model.generate).parameters:
             raise MempruneError(f"{model.arch} has no guidance power: leave --cfg-pow unset")
         extra["cfg_pow"] = settings.cfg_pow
-    for b, start in enumerate(range(0, len(labels), batch_size)):
-        chunk = labels[start : start + batch_size].to(model.device)
+    for b in range(num_batches(len(labels), batch_size)) if batches is None else batches:
+        chunk = labels[b * batch_size : (b + 1) * batch_size].to(model.device)
         tokens = model.generate(
             chunk, cfg=settings.cfg, top_k=settings.top_k, top_p=settings.top_p, temperature=settings.temperature,
             seed=seed + b, **extra,
         )  # fmt: skip
         yield chunk, model.decode(tokens).float().clamp(0, 1)
+
+
+def num_batches(n: int, batch_size: int) -> int:
+    """Generation batches of ``n`` labels."""
+    return -(-n // batch_size)
+
+
+@dataclass
+class SampledBatch:
+    """Inception features of one generation batch (float64 ``[B, D]``), with its labels and, when asked for,
+    its images as uint8 ``[B, 3, S, S]`` on the CPU."""
+
+    index: int
+    labels: torch.Tensor
+    features: np.ndarray
+    images: torch.Tensor | None = None
+
+
+def sample_features(
+    model: IARModel,
+    inception: FIDInceptionV3,
+    labels: torch.Tensor,
+    settings: SamplingSettings,
+    *,
+    batch_size: int = 25,
+    seed: int = 0,
+    shard: tuple[int, int] | None = None,
+    dist: DistInfo | None = None,
+    keep_images: Callable[[int], bool] = lambda b: False,
+) -> Iterator[SampledBatch]:
+    """Generate the batches (of ``shard``, else all) and yield their Inception features in batch order.
+
+    Under torch.distributed the batches are shared out over the ranks (batch ``b`` sampled with ``seed + b``
+    wherever it runs) and every rank receives every batch, so the caller accumulates exactly what one process
+    accumulates. ``keep_images(b)`` says which batches also bring their pixels (PNGs, sample sheets).
+    """
+    from memprune.evaluators.fid import inception_features
+    from memprune.scoring import distributed as D
+
+    info = dist or D.DistInfo()
+    every = D.shard_batches(num_batches(len(labels), batch_size), shard)
+
+    def one(b: int) -> SampledBatch:
+        chunk, images = next(generate_images(model, labels, settings, batch_size=batch_size, seed=seed, batches=[b]))
+        kept = images.mul(255).round().to(torch.uint8).cpu() if keep_images(b) else None
+        return SampledBatch(b, chunk.cpu(), inception_features(inception, images, batch_size), kept)
+
+    for mine, step in D.steps(every, info):
+        yield from D.run_step(one, mine, info)[: len(step)]  # idle ranks (the last step) come last
 
 
 @dataclass
@@ -193,6 +252,7 @@ def evaluate_fid(
     progress: Callable[[int, int], None] | None = None,
     kid_subsets: int = DEFAULT_SUBSETS,
     keep_first: int = 0,
+    dist: DistInfo | None = None,
 ) -> FIDRun:
     """Generate one image per label, stream their Inception features and return the FID to ``reference``.
 
@@ -210,26 +270,31 @@ def evaluate_fid(
             distance (its own last step, so a bar reaches the end only when the result is ready).
         kid_subsets: KID subsets (0 = no KID).
         keep_first: keep the first this many images (uint8, on the CPU) for a sample sheet.
+        dist: under torch.distributed the batches are shared out over the ranks (:func:`sample_features`);
+            every rank returns the same statistics, rank 0 alone writes PNGs and reports progress.
     """
     if len(labels) < 2:
         raise MempruneError(f"FID needs at least 2 images, got {len(labels)}: raise --per-class or --classes")
-    if save_dir is not None:
+    main = dist is None or dist.is_main
+    if save_dir is not None and main:
         Path(save_dir).mkdir(parents=True, exist_ok=True)
-    metric = FIDMetric(inception, reference, batch_size=batch_size)
+    acc = FeatureStatsAccumulator(dim=reference.mu.shape[0], keep_features=reference.features is not None)
     steps = len(labels) + 1
     done, started = 0, time.perf_counter()
     first: list[torch.Tensor] = []
-    for chunk, images in generate_images(model, labels, settings, batch_size=batch_size, seed=seed):
-        metric.update(images)
-        if save_dir is not None:
-            _save_pngs(images, chunk, done, Path(save_dir))
-        if len(first) < keep_first:
-            first += list(images[: keep_first - len(first)].mul(255).round().to(torch.uint8).cpu())
-        done += len(chunk)
-        if progress:
+    wanted = (lambda b: True) if save_dir is not None else (lambda b: b * batch_size < keep_first)
+    for batch in sample_features(model, inception, labels, settings, batch_size=batch_size, seed=seed, dist=dist,
+                                 keep_images=wanted if main else (lambda b: False)):  # fmt: skip
+        acc.update(batch.features)  # in batch order: the float64 sums of one process, bit for bit
+        if save_dir is not None and main:
+            _save_pngs(batch.images, batch.labels, done, Path(save_dir))  # type: ignore[arg-type]
+        if len(first) < keep_first and batch.images is not None:
+            first += list(batch.images[: keep_first - len(first)])
+        done += len(batch.labels)
+        if progress and main:
             progress(done, steps)
     generated = time.perf_counter()
-    stats = metric.stats()
+    stats = acc.compute()
     fid = frechet_distance(stats, reference)
     kid = None
     if kid_subsets > 0 and stats.features is not None and reference.features is not None:
@@ -242,7 +307,9 @@ def evaluate_fid(
 
 
 def _save_pngs(images: torch.Tensor, labels: torch.Tensor, offset: int, folder: Path) -> None:
-    arr = images.mul(255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+    if images.is_floating_point():
+        images = images.mul(255).round().to(torch.uint8)
+    arr = images.permute(0, 2, 3, 1).cpu().numpy()
     for k, (img, label) in enumerate(zip(arr, labels.tolist())):
         Image.fromarray(img).save(folder / f"{offset + k:06d}_class{label}.png")
 

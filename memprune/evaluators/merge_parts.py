@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -121,3 +122,65 @@ def merge_audits(folders: Sequence[str | os.PathLike], output: str | os.PathLike
                 shutil.copyfile(f, out / R.EXTRACTED_DIR / f.name)
     summary = finish_audit(out, rows, inputs)
     return MergedParts("audit", out, len(paths), summary)
+
+
+def merge_fids(folders: Sequence[str | os.PathLike], output: str | os.PathLike) -> MergedParts:
+    """Merge the part folders of ``memprune fid --shard i/n``: statistics, FID, KID and ``fid.json`` of the whole run.
+
+    The features of every generation batch are added in batch order, as one process adds them, so the
+    statistics are bit-identical to a single run's; the reference is the ``--ref`` file the parts recorded
+    (checked by its sha256).
+
+    Raises:
+        MempruneError: not part folders, parts of different runs, duplicated or missing parts or batches, a
+            reference file that is gone or changed.
+    """
+    import numpy as np
+
+    from memprune.evaluators import generation as G
+    from memprune.evaluators.fid import FeatureStatsAccumulator, FIDStats, frechet_distance
+    from memprune.evaluators.fid_run import _write_outputs, finish_fid
+    from memprune.evaluators.kid import kernel_inception_distance
+    from memprune.io.writer import sha256_file
+
+    out = Path(output)
+    paths, parts = _read_parts(folders, "fid_part.json", "fid")
+    _check_target(out, paths)
+    config, context = parts[0]["config"], parts[0]["context"]
+    ref = Path(context["reference"]["path"])
+    if not ref.is_file() or sha256_file(ref) != config["ref_sha256"]:
+        raise MempruneError(f"the reference {ref} the parts were sampled against is missing or changed: restore it, "
+                            "or rerun the parts against the file you have")
+    reference = FIDStats.load(ref)
+    batch_size, seed = context["batch_size"], context["seed"]
+    results: dict[str, dict] = {}
+    for name, facts in config["models"].items():
+        n_images = len(facts["classes"]) * context["per_class"]
+        rows: dict[int, np.ndarray] = {}
+        for p, part in zip(paths, parts):
+            with np.load(p / part["features"][name]) as z:
+                feats, batches, sizes = z["features"], z["batches"].tolist(), z["sizes"].tolist()
+            for b, start, size in zip(batches, np.cumsum([0, *sizes[:-1]]).tolist(), sizes):
+                if b in rows:
+                    raise MempruneError(f"{p} repeats generation batch {b}: the parts overlap; rerun them with one --shard split")
+                rows[b] = feats[start : start + size]
+        missing = [b for b in range(G.num_batches(n_images, batch_size)) if b not in rows]
+        if missing:
+            raise MempruneError(f"{len(missing)} generation batch(es) missing from the parts (e.g. batch {missing[0]}): "
+                                "a part was interrupted; rerun it, then merge")
+        acc = FeatureStatsAccumulator(dim=reference.mu.shape[0], keep_features=reference.features is not None)
+        for b in sorted(rows):  # batch order: the float64 sums of one process, bit for bit
+            acc.update(rows[b])
+        started = time.perf_counter()
+        stats = acc.compute()
+        value = frechet_distance(stats, reference)
+        kid = None
+        if context["kid_subsets"] > 0 and stats.features is not None and reference.features is not None:
+            kid = kernel_inception_distance(stats.features, reference.features, subsets=context["kid_subsets"], seed=seed)
+        seconds = sum(part["seconds"][name] for part in parts)
+        run = G.FIDRun(value, stats, acc.count, seconds, time.perf_counter() - started, kid)
+        results[name] = {**facts, "settings": G.SamplingSettings(**facts["settings"]), "run": run}
+    out.mkdir(parents=True, exist_ok=True)
+    files = _write_outputs(out, {n: e["run"] for n, e in results.items()}, None)
+    result = finish_fid(out, results, context, files)
+    return MergedParts("fid", out, len(paths), result)

@@ -50,9 +50,12 @@ def worker(rank: int, world: int, port: int, root: str, out: str, extra: dict) -
     dist.init_process_group("gloo", rank=rank, world_size=world)
     try:
         if extra.get("fid"):
-            from memprune.evaluators.fid_run import fid
+            from test_fid_cmd import PooledPixels
 
-            fid(**{**extra["fid"], "output": out})
+            from memprune.evaluators import fid_run
+
+            fid_run.load_inception = lambda spec, device: PooledPixels()  # a cheap stand-in in this child only
+            fid_run.fid(**{**extra["fid"], "output": out})
         else:
             from memprune.evaluators.audit_run import audit
 
