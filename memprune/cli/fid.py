@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -29,7 +30,6 @@ from memprune.cli._common import (
     err_console,
     handle_errors,
     print_json,
-    refuse_distributed,
     setup_logging,
 )
 from memprune.errors import MempruneError
@@ -70,6 +70,7 @@ def fid_cmd(
     dtype: Annotated[Literal["float32", "bfloat16", "float16"], typer.Option("--dtype", help="Transformer precision.")] = "float32",
     arch: Annotated[Literal["var", "rar", "llamagen"] | None, typer.Option("--arch", help="Skip architecture detection.")] = None,
     num_heads: Annotated[int | None, typer.Option("--num-heads", help="LlamaGen head count, for widths that are no release (not stored in the weights).")] = None,
+    shard: Annotated[str | None, typer.Option("--shard", help="Sample only part i of n of the batches (i/n, from 0; --ref must be an .npz); combine the part folders with `memprune merge`.")] = None,
     overwrite: OverwriteOpt = False,
     fmt: FormatOpt = OutputFormat.table,
     quiet: QuietOpt = False,
@@ -77,17 +78,36 @@ def fid_cmd(
 ) -> None:
     """Generate images per class with the family's published settings and compute their FID to a reference."""
     setup_logging(quiet, verbose)
-    refuse_distributed("fid")
-    check_overwrite(output, overwrite, folder=True, markers=("fid.json", "samples_stats.npz"))
-    from memprune.evaluators.fid_run import fid
+    from memprune.scoring.distributed import parse_shard
 
-    with _bar(not quiet and fmt is OutputFormat.table, "sampling + Inception") as update:
-        result = fid(
-            checkpoint, tokenizer, ref, output, baseline=baseline, per_class=per_class, classes=classes,
-            overrides=dict(cfg=cfg, cfg_pow=cfg_pow, top_k=top_k, top_p=top_p, temperature=temperature),
-            seed=seed, batch_size=batch_size, inception_spec=inception, save_images=save_images, device=device,
-            dtype=dtype, arch=arch, kid_subsets=kid_subsets, progress=update, num_heads=num_heads,
-        )  # fmt: skip
+    part = parse_shard(shard)
+    main = os.environ.get("RANK", "0") == "0"  # under torchrun only rank 0 touches -o and prints
+    if main:
+        check_overwrite(output, overwrite, folder=True, markers=("fid.json", "samples_stats.npz", "fid_part.json"))
+    from memprune.evaluators.fid_run import fid
+    from memprune.scoring.distributed import leave
+
+    try:
+        with _bar(main and not quiet and fmt is OutputFormat.table, "sampling + Inception") as update:
+            result = fid(
+                checkpoint, tokenizer, ref, output, baseline=baseline, per_class=per_class, classes=classes,
+                overrides=dict(cfg=cfg, cfg_pow=cfg_pow, top_k=top_k, top_p=top_p, temperature=temperature),
+                seed=seed, batch_size=batch_size, inception_spec=inception, save_images=save_images, device=device,
+                dtype=dtype, arch=arch, kid_subsets=kid_subsets, progress=update, num_heads=num_heads, shard=part,
+            )  # fmt: skip
+    finally:
+        leave()
+    if not result:  # a rank other than 0: rank 0 reports
+        return
+    if part is not None:
+        written = [output / "fid_part.json", *(output / f for f in result["features"].values())]
+        if fmt is OutputFormat.json:
+            print_json({**result, "output": str(written[0]), "files": [str(f) for f in written]})
+        else:
+            n = result["shard"]["count"]
+            console.print(f"sampled part {result['shard']['index']}/{n} ({result['images']['model']} images) into "
+                          f"{output}: merge all {n} part folders with `memprune merge PART0 ... -o fid/`", highlight=False)
+        return
     if fmt is OutputFormat.json:
         written = [output / "fid.json", *(output / f for k, f in result["files"].items() if k != "images" and f)]
         print_json({**result, "architecture": result.get("model", {}).get("arch"), "output": str(written[0]),

@@ -38,6 +38,7 @@ from memprune.cli._common import (
     print_json,
     setup_logging,
 )
+from memprune.errors import MempruneError
 
 
 class _RateColumn(ProgressColumn):
@@ -209,17 +210,22 @@ def _render_score(result, quiet: bool) -> None:
 )
 @handle_errors
 def merge_cmd(
-    shards: Annotated[list[Path], typer.Argument(help="Score files of `memprune score --shard i/n` runs (all n parts).")],
-    output: Annotated[Path, typer.Option("--output", "-o", help="Merged score file to write.")],
+    shards: Annotated[list[Path], typer.Argument(help="Score files of `memprune score --shard i/n` runs, or the -o folders of `memprune audit/fid --shard i/n` runs (all n parts).")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Merged score file (or, for audit/fid parts, folder) to write.")],
     overwrite: OverwriteOpt = False,
     fmt: FormatOpt = OutputFormat.table,
     quiet: QuietOpt = False,
     verbose: VerboseOpt = False,
 ) -> None:
-    """Combine shard score files exactly (sums add; max/argmax by larger max, then smaller image index)."""
+    """Combine shard score files exactly (sums add; max/argmax by larger max, then smaller image index); audit and fid part folders too."""
+    from memprune.evaluators.merge_parts import part_kind
     from memprune.scoring.merge import merge_scores
 
     setup_logging(quiet, verbose)
+    kinds = {part_kind(p) for p in shards}
+    if kinds != {None}:
+        _merge_parts(shards, output, kinds, overwrite, fmt, quiet)
+        return
     check_overwrite(output, overwrite)
     result = merge_scores(shards, output)
     if fmt is OutputFormat.json:
@@ -227,3 +233,25 @@ def merge_cmd(
                     "dead_units": result.dead, "tied_units": result.tied})
         return
     console.print(f"merged {result.shards} shards ({result.images:,} images) into [bold]{result.output}[/]")
+
+
+def _merge_parts(parts: list[Path], output: Path, kinds: set, overwrite: bool, fmt: OutputFormat, quiet: bool) -> None:
+    """``memprune merge`` of ``audit`` / ``fid`` part folders (memprune.evaluators.merge_parts)."""
+    from memprune.evaluators.merge_parts import merge_audits, merge_fids
+
+    if len(kinds) != 1:
+        raise MempruneError("give parts of one kind: all score files, all audit part folders or all fid part folders")
+    kind = kinds.pop()
+    markers = ("audit_summary.json", "results.jsonl") if kind == "audit" else ("fid.json", "samples_stats.npz")
+    check_overwrite(output, overwrite, folder=True, markers=markers)
+    merged = (merge_audits if kind == "audit" else merge_fids)(parts, output)
+    main = output / ("audit_summary.json" if kind == "audit" else "fid.json")
+    if fmt is OutputFormat.json:
+        print_json({"kind": kind, "output": str(main), "files": [str(main)], "parts": merged.parts, "result": merged.result})
+        return
+    if kind == "audit":
+        head = merged.result["headline"]
+        line = f"merged {merged.parts} audit parts: extracted {head['extracted']} of {head['candidates']} candidates"
+    else:
+        line = f"merged {merged.parts} fid parts: FID {merged.result['fid']:.3f} on {merged.result['num_images']} images"
+    console.print(f"{line}; wrote {main}", highlight=False)

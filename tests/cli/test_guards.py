@@ -81,14 +81,12 @@ def test_after_a_shard_the_hint_names_merge(capsys):
 
 
 @pytest.mark.parametrize("command", ["audit", "fid"])
-def test_audit_and_fid_refuse_to_run_once_per_torchrun_rank(tmp_path, tiny_var, command):
-    args = [command, str(tiny_var), "-t", str(tiny_var), "-o", str(tmp_path / "out"), "--device", "cpu"]
+def test_audit_and_fid_check_their_shard_before_any_work(tmp_path, tiny_var, command):
+    # They run under torchrun now (tests/evaluators/test_*_distributed.py); a bad --shard is one line, exit 2.
+    args = [command, str(tiny_var), "-t", str(tiny_var), "-o", str(tmp_path / "out"), "--device", "cpu", "--shard", "2/2"]
     args += ["--data", str(tmp_path)] if command == "audit" else ["--ref", str(tmp_path)]
-    res = runner.invoke(app, args, env={"WORLD_SIZE": "2", "RANK": "0"})
-    assert res.exit_code == 2 and "does not distribute" in res.stderr and "one process" in res.stderr
-    assert len(res.stderr.strip().splitlines()) == 1
-    res = runner.invoke(app, args, env={"WORLD_SIZE": "2", "RANK": "1"})
-    assert res.exit_code == 2 and res.stderr.strip() == ""  # only rank 0 explains
+    res = runner.invoke(app, args)
+    assert res.exit_code == 2 and "part index" in res.stderr and len(res.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "out").exists()
 
 

@@ -10,6 +10,9 @@ from pathlib import Path
 import pytest
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from typer.testing import CliRunner
+
+from memprune.cli import app
 from memprune.errors import MempruneError
 from dist_audit_helpers import audit_kwargs, worker, write_setup
 
@@ -103,3 +106,9 @@ def test_shards_merge_to_the_single_run(setup, single, tmp_path):
     merged = merge_audits(parts, tmp_path / "merged")
     assert merged.result["headline"] == single[1]["headline"]
     _same_run(single[0], tmp_path / "merged")
+    res = CliRunner().invoke(app, ["merge", *map(str, parts), "-o", str(tmp_path / "cli"), "-q"])
+    assert res.exit_code == 0 and "merged 2 audit parts" in res.stdout, res.output
+    _same_run(single[0], tmp_path / "cli")
+    (parts[1] / "results.jsonl").write_text("")  # an interrupted part
+    with pytest.raises(MempruneError, match="--resume"):
+        merge_audits(parts, tmp_path / "bad")

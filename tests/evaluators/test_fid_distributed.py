@@ -13,6 +13,9 @@ import torch.multiprocessing as mp
 from dist_audit_helpers import worker
 from test_fid_cmd import PooledPixels, _tiny_var
 
+from typer.testing import CliRunner
+
+from memprune.cli import app
 from memprune.errors import MempruneError
 from memprune.evaluators.fid import FeatureStatsAccumulator, FIDStats
 from memprune.io import save_safetensors
@@ -86,6 +89,11 @@ def test_shards_merge_to_the_single_run(files, single, tmp_path, monkeypatch):
     merged = merge_fids(parts, tmp_path / "merged")
     assert merged.result["fid"] == single[1]["fid"]
     _same(single[0], tmp_path / "merged")
+    res = CliRunner().invoke(app, ["merge", *map(str, parts), "-o", str(tmp_path / "cli"), "--format", "json"])
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.stdout)["result"]["fid"] == single[1]["fid"]
+    res = CliRunner().invoke(app, ["merge", *map(str, parts), "-o", str(tmp_path / "cli")])
+    assert res.exit_code == 2 and "--overwrite" in res.output
     with pytest.raises(MempruneError, match="both shard 0/2"):
         merge_fids([parts[0], tmp_path / "p0"], tmp_path / "bad")
     with np.load(parts[1] / "samples_features.npz") as z:  # what an interrupted part would lack: its last batch
