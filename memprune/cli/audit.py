@@ -54,6 +54,7 @@ def audit_cmd(
     output: Annotated[Path, typer.Option("--output", "-o", help="Output folder (created); see docs/evaluation.md for its files.")],
     data: Annotated[Path | None, typer.Option("--data", help="Training images (folder with one sub-folder per class, or a path,label CSV) to select from; with --candidates, the root of its relative paths.", rich_help_panel=_PANEL_SEL)] = None,
     candidates: Annotated[Path | None, typer.Option("--candidates", help="Audit these images (CSV path,label or JSONL) instead of selecting from --data.", rich_help_panel=_PANEL_SEL)] = None,
+    ranking: Annotated[Path | None, typer.Option("--ranking", help="Pick the top --per-class per class from this saved ranking (scan.jsonl of an earlier audit, or a CSV/JSONL with id/path, label, hit_rate) instead of scanning --data (then the root of its ids).", rich_help_panel=_PANEL_SEL)] = None,
     baseline: Annotated[str | None, typer.Option("--baseline", help="The original checkpoint: audited on the same candidates for before/after.")] = None,
     per_class: Annotated[int, typer.Option("--per-class", help="Candidates kept per class by greedy-hit rate (the attack: 5).", rich_help_panel=_PANEL_SEL)] = 5,
     class_index: Annotated[Path | None, typer.Option("--class-index", help="Class name -> id file for --data folders.", rich_help_panel=_PANEL_SEL)] = None,
@@ -99,7 +100,8 @@ def audit_cmd(
         from memprune.evaluators import audit_report as R
 
         for name in (R.RESULTS_JSONL, R.SCAN_JSONL, R.CONFIG_NAME, "candidates.csv", "audit_part.json"):
-            if candidates is None or (output / name).resolve() != candidates.resolve():  # never an input
+            given = [p.resolve() for p in (candidates, ranking) if p is not None]
+            if (output / name).resolve() not in given:  # never an input
                 (output / name).unlink(missing_ok=True)
     from memprune.evaluators.audit_run import audit
     from memprune.scoring.distributed import leave
@@ -111,7 +113,7 @@ def audit_cmd(
             summary = audit(
                 checkpoint, tokenizer, output, settings, data=data, candidates_file=candidates, baseline=baseline,
                 per_class=per_class, class_index=class_index, sscd_spec=sscd, device=device, dtype=dtype, arch=arch,
-                resume=resume, grid_rows=grid_rows, progress=progress, num_heads=num_heads, shard=part,
+                resume=resume, grid_rows=grid_rows, progress=progress, num_heads=num_heads, shard=part, ranking=ranking,
             )  # fmt: skip
     finally:
         leave()

@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import shutil
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +48,7 @@ def audit(
     progress: Callable[[str, int, int], None] | None = None,
     num_heads: int | None = None,
     shard: tuple[int, int] | None = None,
+    ranking: str | os.PathLike | None = None,
 ) -> dict[str, Any]:
     """The extraction audit of a checkpoint (and optionally its baseline), as ``memprune audit`` runs it.
 
@@ -71,7 +73,10 @@ def audit(
     output = Path(output)
     data = Path(data) if data is not None else None
     candidates_file = Path(candidates_file) if candidates_file is not None else None
-    if data is None and candidates_file is None:
+    ranking = Path(ranking) if ranking is not None else None
+    if ranking is not None and candidates_file is not None:
+        raise MempruneError("--ranking picks the candidates from a saved ranking and --candidates gives them: pass one")
+    if data is None and candidates_file is None and ranking is None:
         raise MempruneError("pass --data (select candidates from the training images) or --candidates FILE (audit a given list)")
     if grid_rows < 0:
         raise MempruneError(f"--grid-rows {grid_rows} must be >= 0 (0 = no grid)")
@@ -80,7 +85,10 @@ def audit(
     if output.exists() and not output.is_dir():
         raise MempruneError(f"-o {output} is a file: give a folder (it is created if missing)")
 
-    cands, images = _read_candidates(output, resume, candidates_file, data, class_index)  # cheap checks first
+    cands, images = _read_candidates(output, resume, candidates_file, data, class_index, ranking)  # cheap checks first
+    if ranking is not None and cands is None:  # the top per class of an earlier scan: no rescan of --data
+        cands = [replace(c, selected_by=("ranking",)) for c in A.select_top_per_class(A.read_candidates(ranking, data), per_class)]
+        A.check_unique(cands)
     dist, device = join(resolve_device(device))
     sscd = load_sscd_explained(sscd_spec, device)  # first: a missing SSCD model should fail before any heavy work
     models: dict[str, Any] = {}
@@ -96,7 +104,8 @@ def audit(
     extras = settings.sweep_conditions(first, conditions)
     selectors = list(models) if settings.attack == "robust" else [next(iter(models))]
     check_labels(cands if cands is not None else images, first.num_classes)  # type: ignore[arg-type]
-    source = {"file": str(candidates_file)} if candidates_file else {"data": str(data), "per_class": per_class}
+    source = ({"file": str(candidates_file)} if candidates_file else {"ranking": str(ranking), "per_class": per_class}
+              if ranking is not None else {"data": str(data), "per_class": per_class})  # fmt: skip
     sampled = any(not c.greedy for c in [*conditions, *extras])
     config = {
         "models": {k: v["sha256"] for k, v in info.items()},
@@ -104,7 +113,7 @@ def audit(
         "settings": {**settings.to_json(), "batch_size": settings.batch_size if sampled else None},
         "conditions": [c.key for c in conditions],
         "sweep": [c.key for c in extras],
-        "selected_on": selectors if candidates_file is None else None,
+        "selected_on": selectors if candidates_file is None and ranking is None else None,
         "sscd": sscd.backend_id,
         "sscd_protocol": sscd.protocol,
     }
@@ -152,9 +161,10 @@ def audit(
         candidates={
             **source, "count": len(cands),
             "selection": "given list" if candidates_file is not None else
+                         "top per class of a saved greedy-hit-rate ranking" if ranking is not None else
                          "teacher-forced greedy-hit rate, top per class" + (", union over models" if len(selectors) > 1 else ""),
             "ranked_positions": [A.ranked_positions(first).start, A.ranked_positions(first).stop],
-            "selected_on": selectors,
+            "selected_on": selectors if ranking is None else ["ranking"],
         },
         sscd={"backend_id": sscd.backend_id, "protocol": sscd.protocol, "license": SSCD_LICENSE_NOTE},
         audited="model",
@@ -189,7 +199,8 @@ def finish_audit(output: Path, results: list[A.CandidateResult], inputs: dict[st
 
 
 def _read_candidates(
-    output: Path, resume: bool, candidates_file: Path | None, data: Path | None, class_index: Any
+    output: Path, resume: bool, candidates_file: Path | None, data: Path | None, class_index: Any,
+    ranking: Path | None = None,
 ) -> tuple[list[A.Candidate] | None, list[A.Candidate] | None]:
     """``(candidates, None)`` for a given (or resumed) list, ``(None, images)`` when they are to be selected.
 
@@ -200,6 +211,8 @@ def _read_candidates(
         cands = A.read_candidates(resumed)
     elif candidates_file is not None:
         cands = A.read_candidates(candidates_file, data)
+    elif ranking is not None:
+        return None, None  # picked from the ranking by the caller
     else:
         return None, A.candidates_from_records(load_records(data, class_index).records)  # type: ignore[arg-type]
     A.check_unique(cands)

@@ -112,3 +112,19 @@ def test_shards_merge_to_the_single_run(setup, single, tmp_path):
     (parts[1] / "results.jsonl").write_text("")  # an interrupted part
     with pytest.raises(MempruneError, match="--resume"):
         merge_audits(parts, tmp_path / "bad")
+
+
+@pytest.mark.slow
+def test_a_saved_ranking_picks_candidates_without_rescanning(setup, single, tmp_path):
+    from memprune.evaluators.audit_run import audit
+
+    scan = [json.loads(line) for line in (single[0] / "scan.jsonl").read_text().splitlines()]
+    best = {lab: min((r for r in scan if r["label"] == lab), key=lambda r: (-r["hit_rate"], r["id"]))["id"] for lab in (0, 1)}
+    kwargs = {**audit_kwargs(setup), "per_class": 1, "ranking": single[0] / "scan.jsonl"}
+    summary = audit(setup / "other.safetensors", setup / "vae.safetensors", tmp_path / "out", **kwargs)
+    assert not list((tmp_path / "out").glob("scan*.jsonl"))  # nothing was scanned again
+    ids = [line.split(",")[0] for line in (tmp_path / "out" / "candidates.csv").read_text().splitlines()[1:]]
+    assert ids == [best[0], best[1]] and summary["candidates"]["ranking"] == str(single[0] / "scan.jsonl")
+    with pytest.raises(MempruneError, match="pass one"):
+        audit(setup / "other.safetensors", setup / "vae.safetensors", tmp_path / "x",
+              **{**kwargs, "candidates_file": single[0] / "candidates.csv"})
