@@ -8,12 +8,13 @@ transformer's generation dominates), writes photos in two classes, and runs the 
 * ``single1``: one process, one thread (what each rank gets);
 * ``torchrun``: ``python -m torch.distributed.run --nproc_per_node 2`` with one thread per rank (gloo).
 
-The modes are interleaved round by round (the machine may be shared), every run's ``results.jsonl`` is
-checked to be identical to the first single run's, and the median wall time per mode is reported (process
+The modes are interleaved round by round (the machine may be shared). The ``torchrun`` rows must equal the
+``single1`` rows bit for bit (same thread count per process); the 2-thread process may differ in the last
+bits, and the largest cosine difference is printed. The median wall time per mode is reported (process
 start, model and SSCD loading included: what a user waits for).
 
 Examples:
-    python benchmarks/audit_distributed.py                     # 2 rounds, 8 candidates
+    python benchmarks/audit_distributed.py --depth 6 --width 384 --candidates 8 --batch 1 --rounds 2
     python benchmarks/audit_distributed.py --rounds 3 --candidates 16 --json audit_dist.json
 """
 
@@ -80,6 +81,12 @@ def _rows(out: Path) -> list[dict]:
                   key=lambda r: (r["index"], r["model"], r["condition"]))
 
 
+def _max_diff(a: list[dict], b: list[dict]) -> float:
+    if [(r["id"], r["model"], r["condition"]) for r in a] != [(r["id"], r["model"], r["condition"]) for r in b]:
+        return float("inf")
+    return max(abs(x["similarity"] - y["similarity"]) for x, y in zip(a, b))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--depth", type=int, default=8)
@@ -87,31 +94,37 @@ def main() -> None:
     parser.add_argument("--candidates", type=int, default=8)
     parser.add_argument("--batch", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=2)
-    parser.add_argument("--modes", default="single,torchrun,single1")
+    parser.add_argument("--modes", default="single1,torchrun,single")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     modes = args.modes.split(",")
     times: dict[str, list[float]] = {m: [] for m in modes}
     with tempfile.TemporaryDirectory() as tmp:
         root = _setup(Path(tmp), args.depth, args.width, args.candidates)
-        reference = None
+        first: dict[str, list[dict]] = {}
+        identical: dict[str, bool] = {}
         for r in range(args.rounds):
             for mode in modes if r % 2 == 0 else modes[::-1]:
                 out = Path(tmp) / f"{mode}_{r}"
                 load = os.getloadavg()[0]
                 seconds = _run(mode, root, out, args.batch)
-                rows = _rows(out)
-                reference = reference or rows
-                same = rows == reference
+                first.setdefault(mode, _rows(out))
                 times[mode].append(seconds)
-                print(f"round {r} {mode:8s} {seconds:7.1f} s  identical={same}  load1={load:.1f}", flush=True)
-                if not same:
-                    raise SystemExit(f"{mode} gave different results from the first run")
+                print(f"round {r} {mode:8s} {seconds:7.1f} s  load1={load:.1f}", flush=True)
+        # Exactness is per thread count: 2 ranks x 1 thread must equal 1 process x 1 thread bit for bit; a
+        # 2-thread process may differ in the last bits (its matmuls split reductions differently).
+        base = first.get("single1")
+        for mode, rows in first.items():
+            identical[mode] = rows == base if base is not None else None
+            print(f"{mode}: rows identical to single1: {identical[mode]}; max |similarity diff| "
+                  f"{_max_diff(rows, base) if base is not None else 'n/a'}")
+    if "torchrun" in identical and identical["torchrun"] is False:
+        raise SystemExit("torchrun gave different results from one process with the same thread count")
     med = {m: statistics.median(v) for m, v in times.items()}
     result = {
         "model": f"random VAR d{args.depth} w{args.width} 256 px + VQVAE ch32, 2 models (baseline + audited)",
         "candidates": args.candidates, "batch": args.batch, "conditions": ["p2-greedy", "p2-s0"],
-        "rounds": args.rounds, "seconds": times, "median_seconds": med, "identical_results": True,
+        "rounds": args.rounds, "seconds": times, "median_seconds": med, "identical_to_single1": identical,
         "ratio_torchrun_vs_single_2threads": med["torchrun"] / med["single"] if {"torchrun", "single"} <= set(med) else None,
         "ratio_torchrun_vs_single_1thread": med["torchrun"] / med["single1"] if {"torchrun", "single1"} <= set(med) else None,
         "cpus": os.cpu_count(), "torch": torch.__version__,

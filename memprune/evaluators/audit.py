@@ -260,8 +260,9 @@ def run_audit(
         on_extracted: called per counted result that is an extraction, with the batch's images and the row in it.
         dist: under torch.distributed, the batches are shared out over the ranks (each composed as one process
             composes it, so every row is identical); every rank receives all rows, rank 0 alone writes.
-        shard: ``(i, n)``: audit only every n-th batch from i of the candidates still to do (``memprune merge``
-            combines the parts).
+        shard: ``(i, n)``: audit only every n-th batch from i of the whole candidate list (batches of
+            ``settings.batch_size``, fixed whatever a resumed part has done already); ``memprune merge`` combines
+            the parts.
 
     Returns:
         All results (earlier and new), ordered by candidate, model, prefix, condition.

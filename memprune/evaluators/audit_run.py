@@ -85,11 +85,18 @@ def audit(
     if output.exists() and not output.is_dir():
         raise MempruneError(f"-o {output} is a file: give a folder (it is created if missing)")
 
-    cands, images = _read_candidates(output, resume, candidates_file, data, class_index, ranking)  # cheap checks first
-    if ranking is not None and cands is None:  # the top per class of an earlier scan: no rescan of --data
-        cands = [replace(c, selected_by=("ranking",)) for c in A.select_top_per_class(A.read_candidates(ranking, data), per_class)]
-        A.check_unique(cands)
     dist, device = join(resolve_device(device))
+
+    def read() -> tuple[list[A.Candidate] | None, list[A.Candidate] | None]:
+        cands, images = _read_candidates(output, resume, candidates_file, data, class_index, ranking)
+        if ranking is not None and cands is None:  # the top per class of an earlier scan: no rescan of --data
+            ranked = A.select_top_per_class(A.read_candidates(ranking, data), per_class)
+            cands = [replace(c, selected_by=("ranking",)) for c in ranked]
+            A.check_unique(cands)
+        return cands, images
+
+    # Cheap checks first. Rank 0 reads (its -o folder holds a resumed list) and every rank gets its list.
+    cands, images = on_main(read, dist)
     sscd = load_sscd_explained(sscd_spec, device)  # first: a missing SSCD model should fail before any heavy work
     models: dict[str, Any] = {}
     info: dict[str, dict[str, Any]] = {}

@@ -295,6 +295,8 @@ def evaluate_fid(
             progress(done, steps)
     generated = time.perf_counter()
     stats = acc.compute()
+    if not main:  # rank 0 reports; the others skip the distance and KID
+        return FIDRun(float("nan"), stats, done, generated - started)
     fid = frechet_distance(stats, reference)
     kid = None
     if kid_subsets > 0 and stats.features is not None and reference.features is not None:

@@ -57,8 +57,18 @@ def worker(rank: int, world: int, port: int, root: str, out: str, extra: dict) -
             fid_run.load_inception = lambda spec, device: PooledPixels()  # a cheap stand-in in this child only
             fid_run.fid(**{**extra["fid"], "output": out})
         else:
+            from memprune.evaluators import audit as A
             from memprune.evaluators.audit_run import audit
 
+            if extra.pop("die_after_first_step", False) and rank == 0:
+                append = A.append_jsonl
+
+                def append_then_die(path, rows):  # noqa: ANN001, ANN202 - a hard kill once the first step is on disk
+                    append(path, rows)
+                    if str(path).endswith("results.jsonl"):
+                        os._exit(9)
+
+                A.append_jsonl = append_then_die
             kwargs = {**audit_kwargs(Path(root)), **extra}
             audit(Path(root) / "other.safetensors", Path(root) / "vae.safetensors", out, **kwargs)
     finally:
