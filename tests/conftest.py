@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+import warnings
 from pathlib import Path
 
 import pytest
@@ -9,6 +11,17 @@ import torch
 from tiny_checkpoints import var_state_dict
 
 from memprune.io import save_safetensors
+
+
+@pytest.fixture(autouse=True)
+def _isolated_cli_logging():
+    """A CLI call configures the ``memprune`` logger (own handler, no propagation) and ``warnings.showwarning``
+    for the process; put both back so later tests (``caplog``, pytest's warning capture) see the defaults."""
+    logger = logging.getLogger("memprune")
+    state = (list(logger.handlers), logger.level, logger.propagate, warnings.showwarning)
+    yield
+    logger.handlers[:], logger.level, logger.propagate = state[0], state[1], state[2]
+    warnings.showwarning = state[3]
 
 
 @pytest.fixture
