@@ -136,8 +136,11 @@ def load_report(path: Path, kind: str, digests: dict[str, str]) -> tuple[EvalRep
             if side and isinstance(counts, dict):
                 getattr(report, side).update(_numbers({k: counts.get(k) for k in _AUDIT_METRICS}))
         head, sscd = data.get("headline") or {}, data.get("sscd") or {}
-        report.settings = {k: v for k, v in {"threshold": head.get("threshold"), "SSCD": sscd.get("backend_id"),
-                                              "license": sscd.get("license")}.items() if v is not None}
+        conds = head.get("conditions") if isinstance(head.get("conditions"), list) else None
+        attack = f"{head['attack']} ({len(conds)} conditions: {', '.join(map(str, conds))})" if head.get("attack") and conds else None
+        report.settings = {k: v for k, v in {"attack": attack, "threshold": head.get("threshold"),
+                                              "SSCD": sscd.get("backend_id"), "license": sscd.get("license")}.items()
+                           if v is not None}
     elif kind == "fid" and isinstance(data.get("model"), dict) and "fid" in data:
         side = digests.get(data["model"].get("sha256"))
         if side:
