@@ -169,7 +169,8 @@ def fid_compare(
         if p.is_file() and p.suffix != ".npz":
             raise MempruneError(f"{p} is neither a folder of images nor an .npz statistics file")
     say = progress or (lambda done, total, phase: None)
-    net = load_inception(inception_spec, device=resolve_device(device)) if any(p.is_dir() for p in paths) else None
+    device = resolve_device(device)
+    net = load_inception(inception_spec, device=device) if any(p.is_dir() for p in paths) else None
     stats: list[FIDStats] = []
     started = time.perf_counter()
     for k, p in enumerate(paths):
@@ -180,7 +181,8 @@ def fid_compare(
     value = frechet_distance(stats[0], stats[1])
     kid = None
     if kid_subsets > 0 and stats[0].features is not None and stats[1].features is not None:
-        kid = kernel_inception_distance(stats[0].features, stats[1].features, subsets=kid_subsets, seed=seed)
+        kid = kernel_inception_distance(stats[0].features, stats[1].features, subsets=kid_subsets, seed=seed,
+                                        device=device)
     warnings = [w for w in (small_sample_warning(s.num_images) for s in stats if s.num_images) if w][:1]
     if kid is None and kid_subsets > 0:
         warnings.append("KID not computed: a side has no feature rows (pytorch-fid .npz files keep only mu/sigma)")
