@@ -28,10 +28,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
 from memprune.demo.assets import DemoAssets, DemoImage, load_demo_assets
 from memprune.errors import MempruneError
+from memprune.mitigate.quality import heldout_nll  # noqa: F401  (re-exported)
 from memprune.models.base import IARModel
 
 log = logging.getLogger(__name__)
@@ -135,23 +135,6 @@ def _balanced(images: list[DemoImage], n: int, seed: int) -> list[DemoImage]:
         out += [v[depth] for _, v in sorted(by_class.items()) if depth < len(v)][: n - len(out)]
         depth += 1
     return sorted(out, key=lambda im: images.index(im))
-
-
-@torch.no_grad()
-def heldout_nll(model: IARModel, images: Sequence[DemoImage], batch_size: int = 32) -> float:
-    """Mean token negative log-likelihood (nats) of images under teacher forcing with their true class."""
-    from memprune.evaluators.audit import Candidate, load_views
-
-    total, count = 0.0, 0
-    for start in range(0, len(images), batch_size):
-        chunk = images[start : start + batch_size]
-        views = load_views([Candidate(im.path, im.label, im.id) for im in chunk], model)
-        tokens = model.encode(views.to(model.device))
-        labels = torch.tensor([im.label for im in chunk], device=model.device)
-        logits = model.teacher_forced(tokens, labels)
-        total += F.cross_entropy(logits.flatten(0, 1).float(), tokens.flatten(), reduction="sum").item()
-        count += tokens.numel()
-    return total / count
 
 
 def _figures(results: Sequence[Any], model: str, dup_ids: set[str], nll: float, fid: float | None,
