@@ -43,6 +43,7 @@ def attribute_cmd(
     data: Annotated[Path | None, typer.Option("--data", help="The training data: every forget image must be in it.")] = None,
     class_index: Annotated[Path | None, typer.Option("--class-index", help="JSON or text mapping folder/label names to class ids.")] = None,
     seed: Annotated[int, typer.Option("--seed", help="Seed of --method random.")] = 0,
+    from_token: Annotated[int, typer.Option("--from-token", help="Count only predictions of tokens from this index on (the part an attack with that prefix generates; VAR 3 scales = 14). 0 = all.")] = 0,
     batch_size: Annotated[int, typer.Option("--batch-size", help="Images per forward/backward.")] = 8,
     device: DeviceOpt = "cpu",
     arch: Annotated[str | None, typer.Option("--arch", help="Skip architecture detection (var, rar, llamagen).")] = None,
@@ -60,7 +61,7 @@ def attribute_cmd(
     setup_logging(quiet, verbose)
     try:
         res = attribute(checkpoint, forget, retain, method=method, tokenizer=tokenizer, output=output, data=data,
-                        class_index=class_index, seed=seed, batch_size=batch_size, device=device, arch=arch)
+                        class_index=class_index, seed=seed, from_token=from_token, batch_size=batch_size, device=device, arch=arch)
     except NothingToForget as exc:
         if fmt is OutputFormat.json:
             print_json({"schema": "memprune.attribute/1", "nothing_to_do": True, "reason": str(exc)})

@@ -27,6 +27,7 @@ from typing import Any
 from memprune.data import ImageRecord, balanced_subset, load_records
 from memprune.errors import MempruneError
 from memprune.mitigate.config import MitigateConfig
+from memprune.mitigate.gate import union_audit
 from memprune.mitigate.inmemory import applied, plan_point
 from memprune.mitigate.quality import heldout_nll
 from memprune.scores import ScoreSet
@@ -136,7 +137,7 @@ def mitigate(
     """
     from memprune.adapters import detect_adapter
     from memprune.evaluators.audit_candidates import candidates_from_records, select_candidates
-    from memprune.evaluators.conditions import default_conditions, paper_prefix
+    from memprune.evaluators.conditions import default_conditions, paper_prefix, prefix_tokens
     from memprune.evaluators.multi_audit import ReferenceSet, audit_conditions
     from memprune.io import open_checkpoint
     from memprune.models.loading import load_model, resolve_device
@@ -157,6 +158,8 @@ def mitigate(
     conds = default_conditions(model, "robust", cfg.prefixes, cfg.seeds)
     paper_key = next((c.key for c in conds if c.greedy and c.prefix == paper_prefix(model) and not c.cfg), None)
     bs = cfg.batch_size
+    # attribution's loss: what the attack generates after the shortest prefix of the grid
+    first_generated = min(prefix_tokens(model, c.prefix) for c in conds)
 
     t = time.perf_counter()
     if candidates is None:
@@ -205,18 +208,18 @@ def mitigate(
             say(f"round {r}: attribution on {len(halves[0])} selection-half images")
             scores["attribution"] = attribution_scores(
                 model, [x for x in f_recs if x.id in set(halves[0])], _retain(train, forget, cfg), digest=digest,
-                batch_size=max(1, bs // 4))
+                batch_size=max(1, bs // 4), from_token=first_generated)
         f_refs = refs.subset([position[i] for i in forget])
         t = time.perf_counter()
         for method, share, factor in cfg.grid():
             plan = plan_point(scores[method], layers, share, factor)
             with applied(model, plan.edits):
-                audit = audit_conditions(model, f_refs, conds, sscd, batch_size=bs)
+                audit = union_audit(model, f_refs, conds, sscd, batch_size=bs, paper_key=paper_key)
                 nll = heldout_nll(model, held, bs)
             n_ext = audit.union_count
             point = Point(r, method, share, factor, plan.selection.selected, n_ext, audit.count(halves[0]),
-                          audit.count(halves[1]), audit.per_condition_counts.get(paper_key) if paper_key else None,
-                          nll, nll - nll0, nll <= result.budget_nll, n_ext <= allowed)
+                          audit.count(halves[1]), audit.paper_extracted, nll, nll - nll0, nll <= result.budget_nll,
+                          n_ext <= allowed)
             rnd.points.append(point)
             say(f"round {r}: {method} {share} x{factor:g}: {n_ext}/{len(forget)} extracted, NLL {nll:.4f}")
         timings[f"sweep_round{r}"] = time.perf_counter() - t

@@ -15,7 +15,8 @@ Removing the unit everywhere (what ``patch --factor 0`` on its fc2 column does e
 
     score_u,s = mean_{x in FORGET} D_u,s(x) - mean_{x in RETAIN} D_u,s(x)
 
-Normalisation: per token within an image (L is a mean over the image's tokens), then per image within each
+Normalisation: per token within an image (L is a mean over the image's tokens, or over those from
+``from_token`` on: an attack forcing a prefix only generates the rest), then per image within each
 set, so the two sets weigh the same whatever their sizes and the score is in nats/token. A high score: removing
 the unit raises the loss of the forget images more than that of the retain images. Because the intervention
 acts on every position, rank with ``--aggregate sum`` (the sum over groups is the whole first-order estimate);
@@ -182,14 +183,14 @@ def teacher_forced_with_grad(model: IARModel, tokens: torch.Tensor, labels: torc
         return inner(model, tokens, labels)
 
 
-def image_losses(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
-    """Per-image mean token cross-entropy ``[B]`` (nats/token)."""
+def image_losses(logits: torch.Tensor, tokens: torch.Tensor, from_token: int = 0) -> torch.Tensor:
+    """Per-image mean token cross-entropy ``[B]`` (nats/token) over the predictions of tokens ``from_token`` on."""
     ce = F.cross_entropy(logits.flatten(0, 1).float(), tokens.flatten(), reduction="none")
-    return ce.view(tokens.shape).mean(1)
+    return ce.view(tokens.shape)[:, from_token:].mean(1)
 
 
 def mean_attribution(model: IARModel, records: Sequence[ImageRecord], *, layer: str = "fc1", batch_size: int = 8,
-                     workers: int = 2, progress: Callable[[int, int], None] | None = None) -> dict[str, torch.Tensor]:
+                     from_token: int = 0, workers: int = 2, progress: Callable[[int, int], None] | None = None) -> dict[str, torch.Tensor]:
     """Per layer ``[S, H]`` float64: the mean over ``records`` of the first-order loss change ``D_u,s(x)``."""
     points = model.hook_points(layer)
     groups = model.position_groups()
@@ -200,7 +201,7 @@ def mean_attribution(model: IARModel, records: Sequence[ImageRecord], *, layer: 
             labels = torch.tensor([r.label for r in records[b:e]], dtype=torch.long, device=model.device)
             tokens = model.encode(x[:, 0].to(model.device))
             cap.begin()
-            loss = image_losses(teacher_forced_with_grad(model, tokens, labels), tokens).sum()
+            loss = image_losses(teacher_forced_with_grad(model, tokens, labels), tokens, from_token).sum()
             values = cap.end()
             names = list(values)
             grads = torch.autograd.grad(loss, [values[n] for n in names])
@@ -237,18 +238,26 @@ class AttributionResult:
 
 
 def attribution_scores(model: IARModel, forget: Sequence[ImageRecord], retain: Sequence[ImageRecord], *,
-                       digest: str | None = None, batch_size: int = 8, workers: int = 2,
+                       digest: str | None = None, batch_size: int = 8, from_token: int = 0, workers: int = 2,
                        progress: ProgressFn | None = None) -> ScoreSet:
-    """The attribution :class:`ScoreSet` of a loaded model (forget/retain already checked)."""
+    """The attribution :class:`ScoreSet` of a loaded model (forget/retain already checked).
+
+    ``from_token``: the loss counts only the predictions of tokens ``from_token`` on (e.g. what an attack with
+    that prefix generates; 0 = every token).
+    """
+    if not 0 <= from_token < model.seq_len:
+        raise MempruneError(f"--from-token {from_token} must be in [0, {model.seq_len - 1}] (0 = every token)")
     check_labels(list(forget) + list(retain), model.num_classes)
     t = time.perf_counter()
     on = (lambda name: (lambda d, n: progress(name, d, n))) if progress else (lambda name: None)
-    f = mean_attribution(model, forget, batch_size=batch_size, workers=workers, progress=on("forget"))
-    r = mean_attribution(model, retain, batch_size=batch_size, workers=workers, progress=on("retain"))
+    f = mean_attribution(model, forget, batch_size=batch_size, from_token=from_token, workers=workers,
+                         progress=on("forget"))
+    r = mean_attribution(model, retain, batch_size=batch_size, from_token=from_token, workers=workers,
+                         progress=on("retain"))
     scores = {n: (f[n] - r[n]).float() for n in f}
     groups = [g.name for g in model.position_groups()]
     info = {"method": "attribution", "normalisation": NORMALISATION, "aggregate": "sum", "layers": ["fc1"],
-            "view": "the attack's canonical view", "groups": groups,
+            "from_token": from_token, "view": "the attack's canonical view", "groups": groups,
             "forget": ImageList(list(forget), "").describe(), "retain": ImageList(list(retain), "").describe(),
             "seconds": round(time.perf_counter() - t, 3)}
     return ScoreSet(scores=scores, groups=groups, checkpoint_sha256=digest, arch=model.arch, image_independent=[],
@@ -277,6 +286,7 @@ def attribute(
     data: str | os.PathLike | None = None,
     class_index: str | os.PathLike | None = None,
     seed: int = 0,
+    from_token: int = 0,
     batch_size: int = 8,
     device: str = "cpu",
     arch: str | None = None,
@@ -293,6 +303,7 @@ def attribute(
         method: ``attribution`` or ``random``.
         data: the training data; when given, every forget image must be in it.
         seed: the random method's seed.
+        from_token: attribution's loss counts predictions of tokens ``from_token`` on (0 = all).
 
     Raises:
         NothingToForget: the forget set is empty (the CLI says so and exits 0).
@@ -323,7 +334,7 @@ def attribute(
         scores = random_score_set(model, seed, digest=digest)
     else:
         scores = attribution_scores(model, f_recs, r_recs, digest=digest, batch_size=batch_size,  # type: ignore[arg-type]
-                                    workers=workers, progress=progress)
+                                    from_token=from_token, workers=workers, progress=progress)
     if out is not None:
         save_scores(scores, out)
     return AttributionResult(scores, out, method, len(f_recs or []), len(r_recs or []), time.perf_counter() - t,
