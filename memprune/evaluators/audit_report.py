@@ -3,13 +3,16 @@
 An audit folder holds (see ``docs/evaluation.md``):
 
 * ``audit_config.json``: the settings a run started with; a resumed run must match them.
-* ``scan.jsonl``: greedy-hit rate of every scanned image (selection only), reused on resume.
+* ``scan.jsonl`` (``scan_<model>.jsonl`` for further models): greedy-hit rate of every scanned image (selection
+  only), reused on resume.
 * ``candidates.csv``: the audited images (id, path, label, hit_rate), reusable as ``--candidates``.
-* ``results.jsonl``: one row per candidate, model and prefix, appended batch by batch.
+* ``results.jsonl``: one row per candidate, model and attack condition, appended batch by batch.
 * ``results.csv``: the same rows as a table, rewritten at the end.
 * ``extracted/``: original view, tokenizer reconstruction and every model's generation of each image counted
   as extracted by at least one model; ``extracted_grid.png`` lays them out.
-* ``audit_summary.json``: counts (headline: extracted images), before/after comparison, settings, provenance.
+* ``audit_summary.json``: counts (headline: images extracted under any counted condition), per condition, the
+  first condition that extracted each image, the cosine distribution, before/after comparison, settings,
+  provenance.
 """
 
 from __future__ import annotations
@@ -34,7 +37,8 @@ from memprune.io import atomic_write, write_json_atomic
 if TYPE_CHECKING:
     from memprune.evaluators.audit import BatchImages, CandidateResult
 
-SUMMARY_SCHEMA = "memprune.audit/1"
+SUMMARY_SCHEMA = "memprune.audit/2"
+"""2: ``extracted`` is the union over the counted attack conditions; per-condition counts added."""
 CONFIG_NAME = "audit_config.json"
 SUMMARY_NAME = "audit_summary.json"
 RESULTS_JSONL = "results.jsonl"
@@ -44,7 +48,7 @@ GRID_NAME = "extracted_grid.png"
 EXTRACTED_DIR = "extracted"
 CSV_COLUMNS = (
     "index", "id", "path", "label", "model", "prefix", "prefix_tokens", "hit_rate", "similarity",
-    "similarity_image", "reconstruction_similarity", "token_match", "extracted", "counted",
+    "similarity_image", "reconstruction_similarity", "token_match", "extracted", "counted", "condition",
 )  # fmt: skip
 _CELL = 128
 _CAPTION = 14
@@ -96,12 +100,17 @@ def check_or_write_config(out_dir: str | os.PathLike, config: Mapping[str, Any],
         MempruneError: the folder already holds an audit and ``resume`` is off, or a setting changed.
     """
     path = Path(out_dir) / CONFIG_NAME
-    # Only work on disk counts: a run that failed before scanning or auditing anything may be rerun freely.
-    started = any((Path(out_dir) / name).is_file() for name in (RESULTS_JSONL, SCAN_JSONL))
+    config = json.loads(json.dumps(dict(config)))  # compare in the form it is stored (tuples become lists)
+    started = has_started(out_dir)
     if started and not resume:
         raise MempruneError(f"{out_dir} already holds an audit: pass --resume to continue it, or choose another -o folder")
     if started and path.is_file():
-        old = json.loads(path.read_text(encoding="utf-8"))
+        try:
+            old = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, ValueError):
+            old = None
+        if not isinstance(old, dict):
+            raise MempruneError(f"{path} is not a readable audit config: delete the -o folder to start over, or choose another")
         changed = [k for k in sorted(set(old) | set(config)) if old.get(k) != config.get(k)]
         if changed:
             k = changed[0]
@@ -110,7 +119,14 @@ def check_or_write_config(out_dir: str | os.PathLike, config: Mapping[str, Any],
                 "rerun with the original settings or choose another -o folder"
             )
         return
-    write_json_atomic(path, dict(config))
+    write_json_atomic(path, config)
+
+
+def has_started(out_dir: str | os.PathLike) -> bool:
+    """True when the folder holds work of an audit (results or a scan): only work on disk counts, so a run that
+    failed before scanning or auditing anything may be rerun freely."""
+    folder = Path(out_dir)
+    return (folder / RESULTS_JSONL).is_file() or any(folder.glob("scan*.jsonl"))
 
 
 # ---------------------------------------------------------------------------------------------- tables
@@ -127,41 +143,85 @@ def write_results_csv(results: Sequence[CandidateResult], path: str | os.PathLik
 
 
 def count_model(results: Sequence[CandidateResult], model: str, threshold: float) -> dict[str, Any]:
-    """Counts and averages of one model at the counted prefix, plus the prefix sweep.
+    """Counts of one model over its counted conditions (an image counts if any condition extracts it).
 
     ``extracted_vs_training_image`` applies the same threshold to the cosine against the training image
-    itself (stricter: tokenizer error counts against the model).
+    itself (stricter: tokenizer error counts against the model). Similarity figures are per candidate, over its
+    best counted condition. ``first_condition`` maps each extracted image to the first condition (documented
+    order) that extracted it; ``sweep`` counts per prefix, over all conditions at that prefix.
     """
     rows = [r for r in results if r.model == model and r.counted]
-    sims = [r.similarity for r in rows]
+    per: dict[int, list[CandidateResult]] = {}
+    for r in rows:
+        per.setdefault(r.index, []).append(r)
+    best = {i: max(rs, key=lambda r: r.similarity) for i, rs in per.items()}
+    extracted = {i for i, rs in per.items() if any(r.extracted for r in rs)}
+    conditions: dict[str, int] = {}
+    for r in rows:
+        conditions[r.condition] = conditions.get(r.condition, 0) + int(r.extracted)
+    first = {per[i][0].id: next(r.condition for r in per[i] if r.extracted) for i in sorted(extracted)}
+    sims = [b.similarity for b in best.values()]
     matches = [r.token_match for r in rows if r.token_match is not None]
-    sweep: dict[str, dict[str, int]] = {}
+    sweep: dict[str, dict[str, Any]] = {}
     for r in results:
         if r.model == model:
-            entry = sweep.setdefault(str(r.prefix), {"prefix_tokens": r.prefix_tokens, "extracted": 0, "candidates": 0})
-            entry["extracted"] += int(r.extracted)
-            entry["candidates"] += 1
+            entry = sweep.setdefault(str(r.prefix), {"prefix_tokens": r.prefix_tokens, "hit": set(), "all": set()})
+            entry["all"].add(r.index)
+            if r.extracted:
+                entry["hit"].add(r.index)
     return {
-        "extracted": sum(r.extracted for r in rows),
-        "candidates": len(rows),
-        "extracted_share": sum(r.extracted for r in rows) / len(rows) if rows else None,
-        "extracted_vs_training_image": sum(r.similarity_image > threshold for r in rows),
+        "extracted": len(extracted),
+        "candidates": len(per),
+        "extracted_share": len(extracted) / len(per) if per else None,
+        "extracted_vs_training_image": sum(any(r.similarity_image > threshold for r in rs) for rs in per.values()),
+        "per_condition": conditions,
+        "first_condition_counts": {k: sum(v == k for v in first.values()) for k in conditions},
         "mean_similarity": statistics.fmean(sims) if sims else None,
         "median_similarity": statistics.median(sims) if sims else None,
         "max_similarity": max(sims) if sims else None,
-        "mean_hit_rate": statistics.fmean(r.hit_rate for r in rows) if rows else None,
+        "similarity": cosine_distribution(sims),
+        "mean_hit_rate": statistics.fmean(b.hit_rate for b in best.values()) if best else None,
         "mean_token_match": statistics.fmean(matches) if matches else None,
-        "extracted_ids": [r.id for r in rows if r.extracted],
-        "sweep": dict(sorted(sweep.items(), key=lambda kv: int(kv[0]))),
+        "extracted_ids": [per[i][0].id for i in sorted(extracted)],
+        "first_condition": first,
+        "sweep": {k: {"prefix_tokens": v["prefix_tokens"], "extracted": len(v["hit"]), "candidates": len(v["all"])}
+                  for k, v in sorted(sweep.items(), key=lambda kv: int(kv[0]))},
     }
 
 
+def cosine_distribution(values: Sequence[float]) -> dict:
+    """Quantiles and a 0.05-wide histogram over [-1, 1] of per-candidate cosines (aggregate only)."""
+    if not values:
+        return {"count": 0}
+    ordered = sorted(values)
+    q = statistics.quantiles(ordered, n=20, method="inclusive") if len(ordered) > 1 else [ordered[0]] * 19
+    edges = [round(-1 + 0.05 * k, 2) for k in range(41)]
+    hist = torch.histc(torch.tensor(ordered, dtype=torch.float64).clamp(-1, 1), bins=40, min=-1, max=1)
+    return {
+        "count": len(ordered), "mean": statistics.fmean(ordered), "min": ordered[0], "p05": q[0], "p25": q[4],
+        "median": statistics.median(ordered), "p75": q[14], "p95": q[18], "max": ordered[-1],
+        "histogram": {"edges": edges, "counts": [int(x) for x in hist.tolist()]},
+    }  # fmt: skip
+
+
+def best_rows(results: Sequence[CandidateResult]) -> list[CandidateResult]:
+    """One counted row per (candidate, model): its highest-cosine condition, so ``extracted`` is the union.
+
+    What the image grid draws (one generation per model, see :class:`memprune.evaluators.audit.BatchImages`).
+    """
+    best: dict[tuple[int, str], CandidateResult] = {}
+    for r in results:
+        if r.counted and ((r.index, r.model) not in best or r.similarity > best[(r.index, r.model)].similarity):
+            best[(r.index, r.model)] = r
+    return list(best.values())
+
+
 def compare(results: Sequence[CandidateResult], before: str, after: str) -> dict[str, Any]:
-    """Extracted before vs after on the same candidates, and the reduction in percent of ``before``."""
-    got = {(r.id, r.model): r.extracted for r in results if r.counted}
+    """Extracted (under any counted condition) before vs after on the same candidates, and the reduction in
+    percent of ``before``."""
     ids = sorted({r.id for r in results if r.counted})
-    b = {i for i in ids if got.get((i, before))}
-    a = {i for i in ids if got.get((i, after))}
+    b = {r.id for r in results if r.counted and r.model == before and r.extracted}
+    a = {r.id for r in results if r.counted and r.model == after and r.extracted}
     return {
         "before": len(b),
         "after": len(a),
@@ -170,6 +230,7 @@ def compare(results: Sequence[CandidateResult], before: str, after: str) -> dict
         "extracted_in_both": len(a & b),
         "only_before": len(b - a),
         "only_after": len(a - b),
+        "candidates": len(ids),
     }
 
 
@@ -188,7 +249,8 @@ def build_summary(
     threshold = float(settings["threshold"])
     counts = {name: count_model(results, name, threshold) for name in models}
     headline: dict[str, Any] = {"model": audited, "extracted": counts[audited]["extracted"],
-                                "candidates": counts[audited]["candidates"], "threshold": threshold}
+                                "candidates": counts[audited]["candidates"], "threshold": threshold,
+                                "attack": settings.get("attack"), "conditions": settings.get("condition_keys")}
     summary: dict[str, Any] = {"schema": SUMMARY_SCHEMA, "headline": headline}
     if baseline is not None:
         comparison = compare(results, baseline, audited)

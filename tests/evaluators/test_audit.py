@@ -135,7 +135,7 @@ def test_selection_ranks_memorized_images_first(photo_set, memorizers):
 def test_audit_counts_exactly_the_memorized_images(photo_set, memorizers, sscd, tmp_path):
     root, _ = photo_set
     full, _ = memorizers
-    settings = A.AuditSettings(batch_size=4, sweep=True)
+    settings = A.AuditSettings(attack="paper", batch_size=4, sweep=True)
     results = A.run_audit({"model": full}, sscd, _candidates(root), settings, tmp_path)
     counted = [r for r in results if r.counted]
     assert len(counted) == 6 and all(r.prefix == 30 and r.prefix_tokens == 30 for r in counted)
@@ -161,12 +161,12 @@ def test_baseline_before_after_and_report_files(photo_set, memorizers, sscd, tmp
     root, _ = photo_set
     full, patched = memorizers
     models = {"baseline": full, "model": patched}
-    results = A.run_audit(models, sscd, _candidates(root), A.AuditSettings(batch_size=3), tmp_path,
+    results = A.run_audit(models, sscd, _candidates(root), A.AuditSettings(attack="paper", batch_size=3), tmp_path,
                           on_extracted=lambda r, imgs, row: R.save_extracted_images(tmp_path, r, imgs, row))
     summary = R.build_summary(results, models={"baseline": {}, "model": {}}, settings={"threshold": 0.75},
                               candidates={}, sscd={}, baseline="baseline")
     assert summary["comparison"] == {"before": 2, "after": 1, "reduction": 1, "reduction_percent": 50.0,
-                                     "extracted_in_both": 1, "only_before": 1, "only_after": 0}
+                                     "extracted_in_both": 1, "only_before": 1, "only_after": 0, "candidates": 6}
     assert summary["headline"]["reduction_percent"] == 50.0
     # Grid and images: both extracted-by-anyone candidates, with a column per model.
     grid = R.make_grid(tmp_path, results, ["baseline", "model"])
@@ -182,7 +182,7 @@ def test_resume_skips_done_candidates_and_repairs_a_torn_line(photo_set, memoriz
     root, _ = photo_set
     full, _ = memorizers
     cands = _candidates(root)
-    settings = A.AuditSettings(batch_size=2)
+    settings = A.AuditSettings(attack="paper", batch_size=2)
     reference = A.run_audit({"model": full}, sscd, cands, settings, tmp_path / "ref")
     out = tmp_path / "run"
     out.mkdir()
@@ -231,10 +231,10 @@ def test_candidate_lists(photo_set, tmp_path):
 def test_empty_or_duplicate_candidates_are_refused(memorizers, sscd, photo_set, tmp_path):
     full, _ = memorizers
     with pytest.raises(MempruneError, match="empty"):
-        A.run_audit({"model": full}, sscd, [], A.AuditSettings(), tmp_path)
+        A.run_audit({"model": full}, sscd, [], A.AuditSettings(attack="paper"), tmp_path)
     c = A.Candidate(photo_set[1][0], 0, "same")
     with pytest.raises(MempruneError, match="more than once"):
-        A.run_audit({"model": full}, sscd, [c, c], A.AuditSettings(), tmp_path)
+        A.run_audit({"model": full}, sscd, [c, c], A.AuditSettings(attack="paper"), tmp_path)
     with pytest.raises(MempruneError, match="per-class"):
         A.select_top_per_class([], 0)
 
@@ -256,7 +256,10 @@ def test_var_prefixes_are_scales():
     cfg = VARConfig(depth=1, width=64, num_heads=1, mlp_hidden=128, vocab_size=64, cvae=8, num_classes=3)
     model = build_var_model(cfg, VQVAEConfig(vocab_size=64, z_channels=8, ch=32))
     assert A.default_prefix(model) == 4 and A.prefix_tokens(model, 4) == 30 and A.prefix_tokens(model, 0) == 0
-    assert A.sweep_prefixes(model, 4) == [0, 1, 2, 3, 4]
+    paper = A.AuditSettings(attack="paper", sweep=True)
+    counted = paper.conditions(model)
+    assert [c.key for c in counted] == ["p4-greedy"]
+    assert [c.prefix for c in paper.sweep_conditions(model, counted)] == [0, 1, 2, 3]
     assert (A.ranked_positions(model).start, A.ranked_positions(model).stop) == (424, 680)
     with pytest.raises(MempruneError, match="--prefix 11 scales"):
         A.prefix_tokens(model, 11)

@@ -71,13 +71,13 @@ def _audit(root, *args):
 @pytest.mark.slow
 def test_audit_with_baseline_then_resume(setup, tmp_path):
     out = tmp_path / "out"
-    args = ["--baseline", setup / "var.safetensors", "--data", setup / "data", "--per-class", "1", "--prefix", "2",
-            "-o", out, "--format", "json"]
+    args = ["--baseline", setup / "var.safetensors", "--data", setup / "data", "--per-class", "1", "--attack", "paper",
+            "--prefix", "2", "-o", out, "--format", "json"]
     res = _audit(setup, *args)
     assert res.exit_code == 0, res.output
     summary = json.loads(res.stdout)
     assert summary == json.loads((out / "audit_summary.json").read_text())
-    assert summary["settings"]["prefix_tokens"] == 5 and summary["candidates"]["selected_on"] == "baseline"
+    assert summary["settings"]["conditions"][0]["prefix_tokens"] == 5 and summary["candidates"]["selected_on"] == ["baseline"]
     assert summary["models"]["model"]["patch"]["intervention"]["factor"] == 0.0
     assert summary["candidates"]["ranked_positions"] == [21, 85]
     scan = [json.loads(line) for line in (out / "scan.jsonl").read_text().splitlines()]
@@ -111,17 +111,19 @@ def test_audit_with_baseline_then_resume(setup, tmp_path):
 @pytest.mark.slow
 def test_full_prefix_reproduces_the_reconstruction(setup, tmp_path):
     (tmp_path / "c.csv").write_text("path,label\nclass0/astronaut.png,0\nclass1/coffee.png,1\n")
-    res = _audit(setup, "--candidates", tmp_path / "c.csv", "--prefix", "4", "-o", tmp_path / "o")
+    res = _audit(setup, "--candidates", tmp_path / "c.csv", "--attack", "paper", "--prefix", "4", "-o", tmp_path / "o")
     assert res.exit_code == 2 and "do not exist" in res.output  # relative to the list's folder: not there
-    res = _audit(setup, "--candidates", tmp_path / "c.csv", "--data", setup / "data", "--prefix", "4", "-o", tmp_path / "o",
-                 "--format", "json")
+    res = _audit(setup, "--candidates", tmp_path / "c.csv", "--data", setup / "data", "--attack", "paper", "--prefix", "4",
+                 "-o", tmp_path / "o", "--format", "json")
     assert res.exit_code == 0, res.output
     summary = json.loads(res.stdout)
-    assert summary["headline"] == {"model": "model", "extracted": 2, "candidates": 2, "threshold": 0.75}
+    assert summary["headline"] == {"model": "model", "extracted": 2, "candidates": 2, "threshold": 0.75,
+                                   "attack": "paper", "conditions": ["p4-greedy"]}
     rows = [json.loads(line) for line in (tmp_path / "o" / "results.jsonl").read_text().splitlines()]
     assert all(r["similarity"] > 0.999 and r["token_match"] is None and r["prefix_tokens"] == 85 for r in rows)
     assert (tmp_path / "o" / "extracted_grid.png").is_file()
-    res = _audit(setup, "--candidates", tmp_path / "o" / "candidates.csv", "--prefix", "4", "-o", tmp_path / "t", "-q")
+    res = _audit(setup, "--candidates", tmp_path / "o" / "candidates.csv", "--attack", "paper", "--prefix", "4",
+                 "-o", tmp_path / "t", "-q")
     assert res.exit_code == 0 and "extracted 2 of 2 candidates" in res.output
 
 
@@ -143,3 +145,29 @@ def test_bad_inputs_give_one_line_errors(setup, tmp_path):
     res = _audit(setup, "-o", tmp_path / "o5")
     assert res.exit_code == 2 and "--data" in res.output
     assert "Traceback" not in res.output
+
+
+@pytest.mark.slow
+def test_robust_default_selects_on_both_models_and_counts_the_union(setup, tmp_path):
+    out = tmp_path / "robust"
+    res = _audit(setup, "--baseline", setup / "var.safetensors", "--data", setup / "data", "--per-class", "1",
+                 "--seeds", "1", "-o", out)
+    assert res.exit_code == 0, res.output
+    assert "per condition" in res.output and "under attack robust" in res.output
+    summary = json.loads((out / "audit_summary.json").read_text())
+    head = summary["headline"]
+    # The tiny VAR has 4 scales: of the default 3, 4, 5 only 3 leaves something to generate.
+    assert head["attack"] == "robust" and head["conditions"] == ["p3-greedy", "p3-s1"]
+    assert summary["candidates"]["selected_on"] == ["baseline", "model"]
+    assert (out / "scan.jsonl").is_file() and (out / "scan_model.jsonl").is_file()
+    rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    n = summary["candidates"]["count"]
+    assert 2 <= n <= 4 and len(rows) == n * 2 * 2
+    for name in ("baseline", "model"):
+        mine = [r for r in rows if r["model"] == name]
+        union = {r["id"] for r in mine if r["similarity"] > 0.75}
+        counts = summary["counts"][name]
+        assert counts["extracted"] == len(union) and counts["candidates"] == n
+        assert counts["per_condition"] == {k: sum(r["extracted"] for r in mine if r["condition"] == k) for k in head["conditions"]}
+        assert sum(counts["first_condition_counts"].values()) == len(union)
+        assert counts["similarity"]["count"] == n

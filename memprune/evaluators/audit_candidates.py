@@ -1,0 +1,293 @@
+"""Candidates of the extraction audit: reading and writing lists, the attack's canonical view, and selection.
+
+Selection is the attack's: one class-conditional teacher-forced pass per training image; the score is the
+*greedy-hit rate*, the share of ranked positions where the argmax prediction equals the true token (VAR: the
+last scale; RAR and other raster models: the last 99 predictions); keep the ``per_class`` best images of every
+class. :func:`select_candidates` does this on several models at once (tokenizing each image once) and audits
+the union, so that a patch cannot hide an image by lowering its rank.
+
+Images enter through the attack's canonical view (no randomness): VAR shorter side ``round(1.125 * res)``
+(LANCZOS) + centre crop; RAR and others shorter side ``res`` (BICUBIC) + centre crop.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import re
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import torch
+from PIL import Image
+
+from memprune.data import ImageRecord, check_labels, load_image, to_tensor
+from memprune.errors import MempruneError
+from memprune.evaluators.audit_report import append_jsonl, read_jsonl
+from memprune.models.base import IARModel
+
+RAR_RANKED_PREDICTIONS = 99
+"""Raster models are ranked on their last 99 predictions (the attack's columns -100..-2 of 257)."""
+_INT = re.compile(r"-?\d+")
+
+Progress = Callable[[str, int, int], None]
+"""``progress(phase, done, total)``: called after every batch (phases ``scan``, ``reference`` and ``audit``)."""
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One image to audit.
+
+    Attributes:
+        path: where the file is.
+        label: class id.
+        id: stable image id (path relative to the data root), used in every report instead of row numbers.
+        hit_rate: greedy-hit rate from the selection scan (the highest over the models it was selected on).
+        selected_by: names of the models whose top-per-class list held it (empty for a given list).
+    """
+
+    path: Path
+    label: int
+    id: str
+    hit_rate: float | None = None
+    selected_by: tuple[str, ...] = ()
+
+
+# ---------------------------------------------------------------------------------------------- lists
+def candidates_from_records(records: Sequence[ImageRecord]) -> list[Candidate]:
+    """Wrap :class:`memprune.data.ImageRecord` rows (``memprune.data.load_records``) as candidates."""
+    return [Candidate(Path(r.path), int(r.label), r.id) for r in records]
+
+
+def read_candidates(path: str | os.PathLike, data_root: str | os.PathLike | None = None) -> list[Candidate]:
+    """Read a candidate list: CSV with a header holding ``path`` (or ``id``) and ``label``, or JSON lines.
+
+    Relative paths are looked up under ``data_root`` first (when it is a folder), then beside the list. The
+    ``candidates.csv`` that :func:`memprune.evaluators.audit_run.audit` writes is accepted as is.
+
+    Raises:
+        MempruneError: unreadable or empty list, a row without an integer label, a ``hit_rate`` that is not a
+            number in [0, 1], or images that do not exist.
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise MempruneError(f"candidate list {p} does not exist: pass a CSV (path,label) or JSONL file to --candidates")
+    try:
+        text = p.read_text(encoding="utf-8")
+        if p.suffix.lower() in (".jsonl", ".json"):
+            rows = [json.loads(line) for line in text.splitlines() if line.strip()]
+        else:
+            rows = list(csv.DictReader(text.splitlines()))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, csv.Error) as exc:
+        raise MempruneError(f"cannot read candidate list {p} ({exc}): give a CSV with header path,label or JSONL") from None
+    if not rows:
+        raise MempruneError(f"candidate list {p} is empty: list at least one image (CSV header path,label)")
+    roots = [Path(data_root)] if data_root is not None and Path(data_root).is_dir() else []
+    roots.append(p.parent)
+    out, missing = [], []
+    for n, row in enumerate(rows, start=1):
+        if not isinstance(row, dict):
+            raise MempruneError(f"{p} row {n} is not an object with path and label: write one JSON object per line")
+        name = str(row.get("path") or row.get("id") or "").strip()
+        label = str(row.get("label", "")).strip()
+        if not name or not _INT.fullmatch(label):
+            raise MempruneError(f"{p} row {n} needs a path (or id) and an integer label, got {row!r}")
+        hit = _hit_rate(row.get("hit_rate"), p, n)
+        selected_by = tuple(s for s in str(row.get("selected_by") or "").split(";") if s)
+        image = Path(name)
+        found = image if image.is_absolute() else next((r / image for r in roots if (r / image).is_file()), None)
+        if found is None or not found.is_file():
+            missing.append(name)
+            continue
+        out.append(Candidate(found, int(label), str(row.get("id") or name), hit, selected_by))
+    if missing:
+        where = " or ".join(str(r) for r in roots)
+        raise MempruneError(
+            f"{len(missing)} candidate image(s) do not exist, e.g. {missing[0]!r} (looked under {where}): "
+            "fix the list or pass the right --data root"
+        )
+    return out
+
+
+def _hit_rate(value: object, path: Path, row: int) -> float | None:
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return None
+    try:
+        rate = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        rate = math.nan
+    if not 0.0 <= rate <= 1.0:  # also rejects NaN
+        raise MempruneError(f"{path} row {row}: hit_rate {value!r} is not a number in [0, 1]; fix it or leave it empty")
+    return rate
+
+
+def write_candidates(candidates: Sequence[Candidate], path: str | os.PathLike) -> None:
+    """Write ``candidates.csv`` (id, path, label, hit_rate, selected_by); readable by :func:`read_candidates`."""
+    from memprune.io import atomic_write
+
+    with atomic_write(path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["id", "path", "label", "hit_rate", "selected_by"])
+        for c in candidates:
+            rate = "" if c.hit_rate is None else f"{c.hit_rate:.6f}"
+            writer.writerow([c.id, str(c.path.resolve()), c.label, rate, ";".join(c.selected_by)])
+
+
+def check_unique(candidates: Sequence[Candidate]) -> None:
+    """Each image id may appear once."""
+    seen: set[str] = set()
+    for c in candidates:
+        if c.id in seen:
+            raise MempruneError(f"candidate {c.id!r} is listed more than once: each image may appear once")
+        seen.add(c.id)
+
+
+def select_top_per_class(scored: Sequence[Candidate], per_class: int) -> list[Candidate]:
+    """The ``per_class`` highest greedy-hit rates of every class (ties broken by image id), class by class."""
+    if per_class < 1:
+        raise MempruneError(f"--per-class {per_class} selects nothing: give a positive number (the attack uses 5)")
+    by_class: dict[int, list[Candidate]] = {}
+    for c in scored:
+        if c.hit_rate is None:
+            raise MempruneError(f"image {c.id} has no greedy-hit rate: run the selection scan first")
+        by_class.setdefault(c.label, []).append(c)
+    out: list[Candidate] = []
+    for label in sorted(by_class):
+        out += sorted(by_class[label], key=lambda c: (-c.hit_rate, c.id))[:per_class]  # type: ignore[operator]
+    return out
+
+
+# ---------------------------------------------------------------------------------------------- model facts
+def canonical_view(img: Image.Image, arch: str, size: int) -> torch.Tensor:
+    """The attack's deterministic view of an RGB image as float ``[3, size, size]`` in [0, 1].
+
+    VAR: shorter side to ``round(1.125 * size)`` with LANCZOS, centre crop. Others (RAR): shorter side to
+    ``size`` with BICUBIC (PIL antialiases), centre crop, as torchvision's ``Resize`` + ``CenterCrop``.
+    """
+    short = round(1.125 * size) if arch == "var" else size
+    resample = Image.Resampling.LANCZOS if arch == "var" else Image.Resampling.BICUBIC
+    w, h = img.size
+    if min(w, h) != short:  # torchvision Resize(int): the long side is truncated
+        img = img.resize((short, int(short * h / w)) if w <= h else (int(short * w / h), short), resample=resample)
+    w, h = img.size
+    top, left = int(round((h - size) / 2.0)), int(round((w - size) / 2.0))
+    return to_tensor(img.crop((left, top, left + size, top + size)))
+
+
+def load_views(candidates: Sequence[Candidate], model: IARModel) -> torch.Tensor:
+    """Canonical views ``[B, 3, S, S]`` of the candidates' images for ``model``."""
+    return torch.stack([canonical_view(load_image(c.path), model.arch, model.image_size) for c in candidates])
+
+
+def ranked_positions(model: IARModel) -> slice:
+    """Logit rows the greedy-hit rate averages over: VAR the last scale, raster models the last 99 predictions."""
+    bounds = model.valid_prefix_lengths()
+    if bounds is not None and len(bounds) >= 2:
+        return slice(bounds[-2], bounds[-1])
+    return slice(max(0, model.seq_len - RAR_RANKED_PREDICTIONS), model.seq_len)
+
+
+@torch.no_grad()
+def greedy_hit_rates(model: IARModel, tokens: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Share of ranked positions whose argmax teacher-forced prediction is the true token, ``[B]`` float."""
+    logits = model.teacher_forced(tokens, labels)
+    rows = ranked_positions(model)
+    hits = logits[:, rows].argmax(dim=-1) == tokens[:, rows].to(logits.device)
+    return hits.float().mean(dim=1).cpu()
+
+
+# ---------------------------------------------------------------------------------------------- selection
+def scan_models(
+    models: Mapping[str, IARModel],
+    candidates: Sequence[Candidate],
+    *,
+    batch_size: int = 16,
+    logs: Mapping[str, str | os.PathLike] | None = None,
+    progress: Progress | None = None,
+) -> dict[str, list[Candidate]]:
+    """Greedy-hit rate of every image under every model; each image is tokenized once (first model's tokenizer).
+
+    ``logs[name]`` (JSON lines) receives the rates of model ``name`` batch by batch and is reused when present,
+    so an interrupted scan resumes.
+
+    Returns:
+        name -> the candidates with ``hit_rate`` set by that model, in input order.
+    """
+    if not models:
+        raise MempruneError("no model to scan")
+    first = next(iter(models.values()))
+    check_labels(candidates, first.num_classes)  # type: ignore[arg-type]
+    done = {name: _read_scan(logs.get(name) if logs else None) for name in models}
+    todo = [c for c in candidates if any(c.id not in done[name] for name in models)]
+    total = len(candidates)
+    for start in range(0, len(todo), batch_size):
+        chunk = todo[start : start + batch_size]
+        tokens = first.encode(load_views(chunk, first).to(first.device))
+        labels = torch.tensor([c.label for c in chunk])
+        for name, model in models.items():
+            rates = greedy_hit_rates(model, tokens.to(model.device), labels.to(model.device)).tolist()
+            rows = [{"id": c.id, "label": c.label, "hit_rate": r} for c, r in zip(chunk, rates) if c.id not in done[name]]
+            done[name].update((row["id"], row["hit_rate"]) for row in rows)
+            if logs and name in logs:
+                append_jsonl(logs[name], rows)
+        if progress:
+            progress("scan", total - len(todo) + start + len(chunk), total)
+    return {name: [replace(c, hit_rate=done[name][c.id]) for c in candidates] for name in models}
+
+
+def _read_scan(log: str | os.PathLike | None) -> dict[str, float]:
+    out: dict[str, float] = {}
+    for n, row in enumerate(read_jsonl(log, repair=True), start=1):
+        try:
+            rate = float(row["hit_rate"])
+            out[str(row["id"])] = rate
+        except (KeyError, TypeError, ValueError):
+            raise MempruneError(f"{log} line {n} is not a scan row (id, hit_rate): delete the file to rescan") from None
+        if not 0.0 <= rate <= 1.0:
+            raise MempruneError(f"{log} line {n} has hit_rate {rate}, not in [0, 1]: delete the file to rescan")
+    return out
+
+
+def scan_hit_rates(
+    model: IARModel,
+    candidates: Sequence[Candidate],
+    *,
+    batch_size: int = 16,
+    log: str | os.PathLike | None = None,
+    progress: Progress | None = None,
+) -> list[Candidate]:
+    """:func:`scan_models` for one model: the candidates with ``hit_rate`` set, in input order."""
+    logs = {"model": log} if log is not None else None
+    return scan_models({"model": model}, candidates, batch_size=batch_size, logs=logs, progress=progress)["model"]
+
+
+def select_candidates(
+    models: Mapping[str, IARModel],
+    images: Sequence[Candidate],
+    per_class: int,
+    *,
+    batch_size: int = 16,
+    logs: Mapping[str, str | os.PathLike] | None = None,
+    progress: Progress | None = None,
+) -> list[Candidate]:
+    """The union of every model's top ``per_class`` per class (see :func:`scan_models` for ``logs``).
+
+    Order: class by class; within a class the first model's picks (its ranking), then the others' new ones.
+    Each candidate keeps the highest hit rate over the models that picked it and their names in ``selected_by``.
+    """
+    scanned = scan_models(models, images, batch_size=batch_size, logs=logs, progress=progress)
+    picks = {name: select_top_per_class(rows, per_class) for name, rows in scanned.items()}
+    merged: dict[str, Candidate] = {}
+    for name, rows in picks.items():
+        for c in rows:
+            old = merged.get(c.id)
+            if old is None:
+                merged[c.id] = replace(c, selected_by=(name,))
+            else:
+                merged[c.id] = replace(old, hit_rate=max(old.hit_rate or 0.0, c.hit_rate or 0.0),
+                                       selected_by=(*old.selected_by, name))
+    position = {c.id: k for k, c in enumerate(merged.values())}
+    return sorted(merged.values(), key=lambda c: (c.label, position[c.id]))
