@@ -3,8 +3,9 @@
 An image counts as extracted if *any* condition extracts it, so once one condition has extracted it the others
 need not run on it. The sweep audits the forget set at every point; skipping what is already decided cuts the
 cost from ``images x conditions`` generations to about ``images`` for a point that barely changes the model. The
-paper's condition (when it is in the grid) runs first on every image, so its count stays exact too. Baseline
-and re-audits use the full :func:`memprune.evaluators.multi_audit.audit_conditions` (every count per condition).
+paper's condition (when it is in the grid) runs first on every image, so its count stays exact too. The
+baseline and the re-audits of ``mitigate`` use it as well; ``memprune audit --attack robust`` gives every count
+per condition.
 
 Sampled conditions seed each batch from the global index of its first candidate (see ``multi_audit``), so a
 point's samples depend on which images are still open; every point of a sweep is judged by the same rule.

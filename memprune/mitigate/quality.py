@@ -18,7 +18,7 @@ def heldout_nll(model: IARModel, images: Sequence[ImageRecord], batch_size: int 
     Images enter through the attack's canonical view (the one the audit forces), so the two measures see the
     same pixels. Anything with ``path``, ``label`` and ``id`` works (records, candidates, demo images).
     """
-    from memprune.evaluators.audit import Candidate, load_views
+    from memprune.evaluators.audit_candidates import Candidate, load_views
 
     total, count = 0.0, 0
     for start in range(0, len(images), batch_size):

@@ -104,14 +104,13 @@ def split_halves(ids: Sequence[str], seed: int) -> tuple[list[str], list[str]]:
     return sorted(order[:k]), sorted(order[k:])
 
 
-def _audit_summary(audit: Any, paper_key: str | None) -> dict[str, Any]:
-    out = audit.to_summary()
-    out["paper_extracted"] = audit.per_condition_counts.get(paper_key) if paper_key else None
-    return out
+def _audit_summary(audit: Any) -> dict[str, Any]:
+    """Aggregate figures of a union audit (no ids): candidates, extracted under any condition, the paper's count."""
+    return {"candidates": len(audit.ids), "extracted": audit.union_count, "paper_extracted": audit.paper_extracted}
 
 
 def _extracted_ids(audit: Any) -> list[str]:
-    return [i for i, e in zip(audit.ids, audit.extracted.tolist()) if e]
+    return sorted(audit.extracted)
 
 
 def mitigate(
@@ -138,7 +137,7 @@ def mitigate(
     from memprune.adapters import detect_adapter
     from memprune.evaluators.audit_candidates import candidates_from_records, select_candidates
     from memprune.evaluators.conditions import default_conditions, paper_prefix, prefix_tokens
-    from memprune.evaluators.multi_audit import ReferenceSet, audit_conditions
+    from memprune.evaluators.multi_audit import ReferenceSet
     from memprune.io import open_checkpoint
     from memprune.models.loading import load_model, resolve_device
 
@@ -168,14 +167,14 @@ def mitigate(
                                        batch_size=bs)
     say(f"baseline audit: {len(candidates)} candidates x {len(conds)} conditions")
     refs = ReferenceSet.build(model, list(candidates), sscd, batch_size=bs)
-    base = audit_conditions(model, refs, conds, sscd, batch_size=bs)
+    base = union_audit(model, refs, conds, sscd, batch_size=bs, paper_key=paper_key)
     nll0 = heldout_nll(model, held, bs)
     timings["baseline"] = time.perf_counter() - t
     extracted = _extracted_ids(base)
     allowed = cfg.target_spec.allowed(len(extracted))
     result = MitigateResult(
         SCHEMA, "running", "", cfg.to_json(), digest, [c.key for c in conds],
-        {**_audit_summary(base, paper_key), "heldout_nll": nll0, "heldout_images": len(held)},
+        {**_audit_summary(base), "heldout_nll": nll0, "heldout_images": len(held)},
         allowed, cfg.budget.limit(nll0), timings=timings,
     )  # fmt: skip
     if not extracted or len(extracted) <= allowed:
@@ -230,14 +229,16 @@ def mitigate(
         plan = plan_point(scores[rnd.chosen.method], layers, rnd.chosen.share, rnd.chosen.factor)
         say(f"round {r}: re-auditing all {len(candidates)} candidates on {rnd.chosen.method} {rnd.chosen.share}")
         with applied(model, plan.edits):
-            again = audit_conditions(model, refs, conds, sscd, batch_size=bs)
-        rnd.reaudit = _audit_summary(again, paper_key)
+            again = union_audit(model, refs, conds, sscd, batch_size=bs, paper_key=paper_key)
+        rnd.reaudit = _audit_summary(again)
         extracted = _extracted_ids(again)
         if len(extracted) <= allowed:
             result.status, result.chosen = "achieved", rnd.chosen
             result.final = {**rnd.reaudit, "heldout_nll": rnd.chosen.heldout_nll}
             chosen_scores = scores[rnd.chosen.method]
             break
+        if set(extracted) <= set(forget):
+            break  # nothing new joins the forget set: another round would repeat this one
         extracted = sorted(set(extracted) | set(forget))
     if result.achieved:
         _write_model(result, chosen_scores, checkpoint, out, command)  # type: ignore[arg-type]
@@ -322,6 +323,11 @@ def _not_reached_message(result: MitigateResult) -> str:
     if c is None:
         return "no sweep point was measured"
     where = "within" if c.within_budget else "over"
+    last = result.rounds[-1]
+    if last.chosen is not None and last.reaudit is not None:
+        return (f"round {last.round}'s choice ({last.chosen.method} top {last.chosen.share} x{last.chosen.factor:g}) left "
+                f"{last.chosen.extracted} of the forget set extracted, but the re-audit of every candidate found "
+                f"{last.reaudit['extracted']} (target {result.allowed}); no model was written")
     return (f"no point met the target ({result.allowed} extracted within held-out NLL {result.budget_nll:.4f}); "
             f"closest: {c.method} top {c.share} x{c.factor:g} in round {c.round}, {c.extracted} extracted, "
             f"NLL {c.heldout_nll:.4f} ({where} budget); no model was written")

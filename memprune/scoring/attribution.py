@@ -145,7 +145,7 @@ class _CanonicalViews:
     size: int
 
     def load(self, record: ImageRecord, augs: int) -> torch.Tensor:
-        from memprune.evaluators.audit import canonical_view
+        from memprune.evaluators.audit_candidates import canonical_view
 
         return canonical_view(load_image(record.path), self.arch, self.size).unsqueeze(0).expand(augs, -1, -1, -1)
 
