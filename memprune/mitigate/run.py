@@ -165,6 +165,7 @@ def mitigate(
         say(f"selecting audit candidates: the attack's top {cfg.candidates_per_class} per class of {len(train)} images")
         candidates = select_candidates({"model": model}, candidates_from_records(train), cfg.candidates_per_class,
                                        batch_size=bs)
+    _check_candidates(train, candidates)
     say(f"baseline audit: {len(candidates)} candidates x {len(conds)} conditions")
     refs = ReferenceSet.build(model, list(candidates), sscd, batch_size=bs)
     base = union_audit(model, refs, conds, sscd, batch_size=bs, paper_key=paper_key)
@@ -283,6 +284,15 @@ def _check_heldout(train: Sequence[ImageRecord], held: Sequence[ImageRecord]) ->
     if both:
         raise MempruneError(f"{len(both)} held-out image(s) are also in --data (e.g. {both[0]}): held-out images "
                             "must be images the model never trained on")
+
+
+def _check_candidates(train: Sequence[ImageRecord], candidates: Sequence[Any]) -> None:
+    """Extracted candidates become the forget set, so they must be training images."""
+    seen = {Path(r.path).resolve() for r in train}
+    outside = [c.id for c in candidates if Path(c.path).resolve() not in seen]
+    if outside:
+        raise MempruneError(f"{len(outside)} audit candidate(s) are not in the training data given (e.g. {outside[0]}): "
+                            "pass the --data the model was trained on, or candidates drawn from it")
 
 
 def _retain(train: Sequence[ImageRecord], forget: Sequence[str], cfg: MitigateConfig) -> list[ImageRecord]:

@@ -67,11 +67,17 @@ def test_unreachable_target_exits_3_without_a_model(demo: Path, tmp_path: Path) 
     assert (tmp_path / "out" / "mitigate.json").is_file()
 
 
-def test_nothing_extracted_is_nothing_to_do(demo: Path, tmp_path: Path) -> None:
-    res = _mitigate(demo, tmp_path / "out", "--candidates", str(demo / "held16.csv"), "--shares", "10%")
+def test_nothing_to_remove_exits_0(demo: Path, tmp_path: Path) -> None:
+    res = _mitigate(demo, tmp_path / "out", "--candidates", str(demo / "cands.csv"), "--target", "100%")
     assert res.exit_code == 0, res.output
-    assert json.loads(res.stdout)["status"] == "nothing_to_do"
+    data = json.loads(res.stdout)
+    assert data["status"] == "nothing_to_do" and "already within the target" in data["message"]
     assert not (tmp_path / "out" / "mitigated.safetensors").exists()
+
+
+def test_candidates_outside_the_training_data_are_refused(demo: Path, tmp_path: Path) -> None:
+    res = _mitigate(demo, tmp_path / "out", "--candidates", str(demo / "held16.csv"))
+    assert res.exit_code == 2 and "not in the training data given" in res.output
 
 
 def test_bad_recipe_and_inputs_are_one_line(demo: Path, tmp_path: Path) -> None:
