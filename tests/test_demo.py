@@ -173,3 +173,23 @@ def test_cli_rejects_bad_options_in_one_line(tmp_path) -> None:
     assert res.exit_code == 2 and "--factor 1" in res.output and "Traceback" not in res.output
     res = CliRunner().invoke(app, ["demo", "--threads", "0"])
     assert res.exit_code == 2 and "--threads 0" in res.output
+
+
+def test_export_data_gives_csvs_every_command_reads(tmp_path) -> None:
+    from memprune.data import load_records
+
+    res = CliRunner().invoke(app, ["demo", "--export-data", str(tmp_path / "d"), "--format", "json"])
+    assert res.exit_code == 0, res.output
+    data = json.loads(res.stdout)
+    assert data["counts"] == {"train": 352, "duplicated": 32, "single": 320, "heldout": 64}
+    root = tmp_path / "d"
+    train = load_records(root / "train.csv").records
+    held = load_records(root / "heldout.csv").records
+    dup = load_records(root / "duplicated.csv").records
+    assert len(train) == 352 and {r.path for r in dup} <= {r.path for r in train}
+    assert not {r.path for r in held} & {r.path for r in train} and all(r.path.is_file() for r in held)
+    classes = json.loads((root / "classes.json").read_text())
+    assert len(classes) == 8 and sorted(classes.values()) == list(range(8))
+    assert (root / "var_demo.safetensors").stat().st_size > 1e6 and "CC-BY" in (root / "ATTRIBUTION.txt").read_text()
+    res = CliRunner().invoke(app, ["demo", "--export-data", str(root / "train.csv")])
+    assert res.exit_code == 2 and "is a file" in res.output
