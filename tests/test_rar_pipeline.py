@@ -72,10 +72,11 @@ def test_rar_through_every_command(rar_files, tmp_path):
     assert _invoke("verify", str(safe), "--base", str(ckpt))["ok"]
 
     audit = _invoke("audit", str(safe), "--tokenizer", str(tok), "--data", str(data), "--baseline", str(ckpt),
-                    "--per-class", "1", "--seeds", "", "--sscd", "onnx", "--device", "cpu", "-o", str(tmp_path / "audit"))
+                    "--per-class", "1", "--prefixes", "64", "--seeds", "", "--sscd", "onnx", "--device", "cpu",
+                    "-o", str(tmp_path / "audit"))
     assert audit["headline"]["candidates"] >= 2  # the union of both models' picks
-    assert audit["headline"]["conditions"] == ["p16-greedy", "p30-greedy", "p64-greedy"]  # raster default, greedy only
-    assert [c["prefix_tokens"] for c in audit["settings"]["conditions"]] == [16, 30, 64]
+    assert audit["headline"]["conditions"] == ["p64-greedy"] and audit["settings"]["prefix_unit"] == "tokens"
+    assert audit["settings"]["conditions"][0]["prefix_tokens"] == 64
     assert set(audit["counts"]) == {"model", "baseline"}
 
     fid = _invoke("fid", str(safe), "--tokenizer", str(tok), "--ref", str(data), "--per-class", "1",

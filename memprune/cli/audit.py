@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import typer
 from rich.progress import (
@@ -54,7 +54,7 @@ def audit_cmd(
     baseline: Annotated[str | None, typer.Option("--baseline", help="The original checkpoint: audited on the same candidates for before/after.")] = None,
     per_class: Annotated[int, typer.Option("--per-class", help="Candidates kept per class by greedy-hit rate (the attack: 5).", rich_help_panel=_PANEL_SEL)] = 5,
     class_index: Annotated[Path | None, typer.Option("--class-index", help="Class name -> id file for --data folders.", rich_help_panel=_PANEL_SEL)] = None,
-    attack: Annotated[str, typer.Option("--attack", help="robust: an image counts if any condition of the grid extracts it (the release gate); paper: the attack's single condition, to compare with published counts.", rich_help_panel=_PANEL_GEN)] = "robust",
+    attack: Annotated[Literal["robust", "paper"], typer.Option("--attack", help="robust: an image counts if any condition of the grid extracts it (the release gate); paper: the attack's single condition, to compare with published counts.", rich_help_panel=_PANEL_GEN)] = "robust",
     prefixes: Annotated[str | None, typer.Option("--prefixes", help="robust: prefixes of the grid (VAR scales, default 3,4,5; raster tokens, default 16,30,64).", rich_help_panel=_PANEL_GEN)] = None,
     seeds: Annotated[str | None, typer.Option("--seeds", help="robust: seeds of the sampled conditions beside greedy (default 0,1,2; \"\" = greedy only).", rich_help_panel=_PANEL_GEN)] = None,
     cfg: Annotated[str, typer.Option("--cfg", help="Guidance in the family's convention, 0 = conditional only (the attack); robust takes a list (0,1.5).", rich_help_panel=_PANEL_GEN)] = "0",
@@ -154,10 +154,12 @@ def _render(summary: dict[str, Any], output: Path, quiet: bool) -> None:
     if not quiet:
         title = (f"extraction audit, attack {head.get('attack')} ({len(head.get('conditions') or [])} condition(s), "
                  f"{head['candidates']} candidates, SSCD cosine > {head['threshold']})")
-        table = Table("model", "extracted (any condition)", "vs training image", "mean best cosine", "mean hit rate",
-                      "mean token match", title=title)
+        table = Table("model", "extracted (any)", "vs training image", "best cos mean/med/p95",
+                      "mean hit rate", "mean token match", title=title)
         for name, c in counts.items():
-            table.add_row(name, str(c["extracted"]), str(c["extracted_vs_training_image"]), _fmt(c["mean_similarity"]),
+            dist = c.get("similarity") or {}
+            spread = " / ".join(_fmt(dist.get(k)) for k in ("mean", "median", "p95"))
+            table.add_row(name, str(c["extracted"]), str(c["extracted_vs_training_image"]), spread,
                           _fmt(c["mean_hit_rate"]), _fmt(c["mean_token_match"]))
         console.print(table)
         if len(head.get("conditions") or []) > 1:

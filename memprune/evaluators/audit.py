@@ -107,19 +107,23 @@ class AuditSettings:
         if self.prefix is not None and self.prefix < 0:
             raise MempruneError(f"--prefix {self.prefix} must be >= 0")
         if self.attack == "robust":
-            paper_only = [name for name, on in (("--prefix", self.prefix is not None), ("--sample", not self.greedy),
-                          ("--top-k", self.top_k != 0), ("--top-p", self.top_p != 0), ("--temperature", self.temperature != 1),
-                          ("--seed", self.seed != 0)) if on]  # fmt: skip
-            if paper_only:
-                raise MempruneError(f"{paper_only[0]} sets the single condition of --attack paper; with --attack robust "
-                                    "use --prefixes, --seeds and --cfg lists")
+            paper_only = {"--prefix": self.prefix is not None, "--sample": not self.greedy, "--top-k": self.top_k != 0,
+                          "--top-p": self.top_p != 0, "--temperature": self.temperature != 1, "--seed": self.seed != 0}
+            given = [name for name, on in paper_only.items() if on]
+            if given:
+                raise MempruneError(f"{given[0]} sets the single condition of --attack paper; "
+                                    "with --attack robust use --prefixes, --seeds and --cfg lists")
         elif self.prefixes is not None or self.seeds is not None:
-            raise MempruneError("--prefixes and --seeds are lists for --attack robust; with --attack paper use --prefix and --seed")
+            raise MempruneError("--prefixes and --seeds are lists for --attack robust; "
+                                "with --attack paper use --prefix and --seed")
+        elif len(self.cfg_list) != 1:
+            raise MempruneError("--attack paper is one condition: give one --cfg value (lists are for --attack robust)")
         if len(set(self.cfg_list)) != len(self.cfg_list):
             raise MempruneError(f"--cfg {','.join(f'{c:g}' for c in self.cfg_list)} repeats a value: list each once")
         # Build one condition now so that every decoding option is checked before any model is loaded.
         for cfg in self.cfg_list:
-            AttackCondition(0, self.greedy, None if self.greedy else self.seed, cfg, self.temperature, self.top_k, self.top_p)
+            seed = None if self.greedy else self.seed
+            AttackCondition(0, self.greedy, seed, cfg, self.temperature, self.top_k, self.top_p)
         for s in self.seeds or ():
             AttackCondition(0, False, s)
 

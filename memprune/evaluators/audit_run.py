@@ -11,6 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from memprune.data import check_labels, load_records
 from memprune.errors import MempruneError
 from memprune.evaluators import audit as A
 from memprune.evaluators import audit_report as R
@@ -69,6 +70,7 @@ def audit(
     if output.exists() and not output.is_dir():
         raise MempruneError(f"-o {output} is a file: give a folder (it is created if missing)")
 
+    cands, images = _read_candidates(output, resume, candidates_file, data, class_index)  # cheap checks first
     device = resolve_device(device)
     sscd = load_sscd_explained(sscd_spec, device)  # first: a missing SSCD model should fail before any heavy work
     models: dict[str, Any] = {}
@@ -83,7 +85,7 @@ def audit(
     conditions = settings.conditions(first)
     extras = settings.sweep_conditions(first, conditions)
     selectors = list(models) if settings.attack == "robust" else [next(iter(models))]
-    cands, images = _candidates(output, resume, candidates_file, data, class_index, first)
+    check_labels(cands if cands is not None else images, first.num_classes)  # type: ignore[arg-type]
     source = {"file": str(candidates_file)} if candidates_file else {"data": str(data), "per_class": per_class}
     sampled = any(not c.greedy for c in [*conditions, *extras])
     config = {
@@ -97,6 +99,7 @@ def audit(
         "sscd_protocol": sscd.protocol,
     }
     created = not output.exists()
+    fresh = [f for f in (output / R.CONFIG_NAME, output / CANDIDATES_CSV) if not f.exists()]
     try:
         output.mkdir(parents=True, exist_ok=True)
         R.check_or_write_config(output, config, resume)
@@ -109,8 +112,12 @@ def audit(
         results = A.run_audit(models, sscd, cands, settings, output, progress=report,
                               on_extracted=lambda r, imgs, row: R.save_extracted_images(output, r, imgs, row))
     except BaseException:
-        if created and not R.has_started(output):
-            shutil.rmtree(output, ignore_errors=True)  # nothing resumable in it: leave no empty or partial folder
+        if not R.has_started(output):  # nothing resumable was saved: leave no empty or partial folder behind
+            if created:
+                shutil.rmtree(output, ignore_errors=True)
+            else:
+                for f in fresh:
+                    f.unlink(missing_ok=True)
         raise
     R.write_results_csv(results, output / R.RESULTS_CSV)
     grid = R.make_grid(output, R.best_rows(results), list(models), max_rows=grid_rows) if grid_rows else None
@@ -144,25 +151,20 @@ def audit(
     return summary
 
 
-def _candidates(
-    output: Path, resume: bool, candidates_file: Path | None, data: Path | None, class_index: Any, model: Any
+def _read_candidates(
+    output: Path, resume: bool, candidates_file: Path | None, data: Path | None, class_index: Any
 ) -> tuple[list[A.Candidate] | None, list[A.Candidate] | None]:
     """``(candidates, None)`` for a given (or resumed) list, ``(None, images)`` when they are to be selected.
 
     Everything is read and checked here, before the output folder is touched.
     """
-    from memprune.data import check_labels, load_records
-
     resumed = output / CANDIDATES_CSV
     if resume and resumed.is_file():  # a resumed run keeps the exact list it started with
         cands = A.read_candidates(resumed)
     elif candidates_file is not None:
         cands = A.read_candidates(candidates_file, data)
     else:
-        images = A.candidates_from_records(load_records(data, class_index).records)  # type: ignore[arg-type]
-        check_labels(images, model.num_classes)  # type: ignore[arg-type]
-        return None, images
-    check_labels(cands, model.num_classes)  # type: ignore[arg-type]
+        return None, A.candidates_from_records(load_records(data, class_index).records)  # type: ignore[arg-type]
     A.check_unique(cands)
     return cands, None
 

@@ -8,13 +8,14 @@ Two attacks are named:
   default grid per family is, at each prefix, greedy decoding plus sampled decoding (temperature 1, no top-k /
   top-p) with seeds 0, 1, 2, all without guidance:
 
-  ============== ======================== ====================================================
-  family          prefixes                  unit
-  ============== ======================== ====================================================
-  VAR             3, 4, 5                  scales (5 / 14 / 30 / 66 tokens at scales 2..5)
-  raster models   16, 30, 64               tokens; values not shorter than the sequence are
-                                           dropped (a tiny model keeps what fits, at least one)
-  ============== ======================== ====================================================
+  ==============  ==========  ================================================================
+  family          prefixes    unit
+  ==============  ==========  ================================================================
+  VAR             3, 4, 5     scales (14 / 30 / 55 tokens at 256 px; 14 / 30 / 66 on the bundled
+                              32 px model)
+  raster models   16, 30, 64  tokens; values not shorter than the sequence are dropped (a tiny
+                              model keeps what fits, at least one)
+  ==============  ==========  ================================================================
 
   ``prefixes``, ``seeds`` and ``cfgs`` override the grid; ``seeds=[]`` keeps greedy decoding only.
 

@@ -17,6 +17,7 @@ reproducible for a given batch size, which the reports record.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -232,7 +233,7 @@ class ConditionAudit:
             "threshold": self.threshold,
             "conditions": [c.to_json() for c in self.conditions],
             "per_condition": self.per_condition_counts,
-            "first_condition": {c.key: sum(f == c.key for f in firsts) for c in self.conditions},
+            "first_condition_counts": {c.key: sum(f == c.key for f in firsts) for c in self.conditions},
             "extracted_vs_training_image": int((self.similarity_image > self.threshold).any(dim=1).sum()),
             "similarity": cosine_distribution(best),
         }
@@ -270,6 +271,8 @@ def audit_conditions(
         raise MempruneError("no attack condition to run: give at least one (default_conditions)")
     if batch_size < 1:
         raise MempruneError(f"--batch-size {batch_size} must be at least 1")
+    if not (math.isfinite(threshold) and 0.0 < threshold < 1.0):
+        raise MempruneError(f"threshold {threshold} is not a usable cosine threshold: give a value in (0, 1)")
     refs.check_model(model)
     n_tok = [prefix_tokens(model, c.prefix) for c in conditions]  # validates every prefix before any work
     n, c_count = len(refs), len(conditions)
@@ -290,9 +293,12 @@ def audit_conditions(
             sim[start:stop, k], sim_img[start:stop, k] = emb.cosine(ref), emb.cosine(view)
             if nk < tokens.shape[1]:  # only generated positions count (the forced prefix would inflate it)
                 match[start:stop, k] = (gen_tokens[:, nk:].cpu() == tokens[:, nk:].cpu()).float().mean(dim=1)
-            if keep_images:
-                better = sim[start:stop, k] > sim[start:stop, :k].max(dim=1).values if k else torch.ones(stop - start, dtype=torch.bool)
-                batch_best = gen.clone() if batch_best is None else torch.where(better[:, None, None, None], gen, batch_best)
+            if keep_images:  # keep, per candidate, the generation of its highest cosine so far
+                if batch_best is None:
+                    batch_best = gen.clone()
+                else:
+                    better = sim[start:stop, k] > sim[start:stop, :k].max(dim=1).values
+                    batch_best = torch.where(better[:, None, None, None], gen, batch_best)
         if keep_images and batch_best is not None:
             best = batch_best if best is None else torch.cat([best, batch_best])
         if progress:

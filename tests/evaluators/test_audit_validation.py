@@ -58,7 +58,6 @@ def _one_line_error(res, *words):
         (["--seed", "1"], ["--seed", "--attack paper"]),
         (["--attack", "paper", "--seeds", "0,1"], ["--seeds", "--attack robust"]),
         (["--attack", "paper", "--cfg", "0,1.5"], ["one condition"]),
-        (["--attack", "strong"], ["--attack 'strong'"]),
         (["--prefixes", "3,x"], ["--prefixes"]),
         (["--prefixes", "9"], ["9 scales"]),
         (["--seeds", "--1"], ["--seeds"]),
@@ -87,6 +86,11 @@ def test_bad_candidate_files_write_nothing(ckpt, tmp_path, row, words):
     out.mkdir()  # a folder the user made is left alone, and stays empty
     _one_line_error(_run(ckpt, out, "--candidates", tmp_path / "bad.csv"), *words)
     assert list(out.iterdir()) == []
+
+
+def test_unknown_attack_is_a_usage_error(ckpt, tmp_path):
+    res = _run(ckpt, tmp_path / "out", "--candidates", ckpt / "c.csv", "--attack", "strong")
+    assert res.exit_code == 2 and "'strong' is not one of" in res.output and not (tmp_path / "out").exists()
 
 
 def test_output_that_is_a_file(ckpt, tmp_path):
@@ -143,3 +147,17 @@ def test_settings_are_validated_once():
     with pytest.raises(MempruneError, match="--prefix"):
         A.AuditSettings(prefix=3)  # robust by default
     assert A.AuditSettings(attack="paper", prefix=3).attack == "paper"
+
+
+def test_a_run_failing_before_any_result_leaves_nothing(ckpt, tmp_path):
+    """An unreadable image surfaces only when the audit loads it: the config and list written so far go again."""
+    (tmp_path / "broken.png").write_bytes(b"not a png")
+    (tmp_path / "c.csv").write_text(f"path,label\n{tmp_path / 'broken.png'},0\n")
+    out = tmp_path / "out"
+    res = _run(ckpt, out, "--candidates", tmp_path / "c.csv", *RESUME)
+    assert res.exit_code == 2 and "Traceback" not in res.output and "broken.png" in res.output, res.output
+    assert not out.exists()
+    out.mkdir()
+    (out / "mine.txt").write_text("kept")
+    assert _run(ckpt, out, "--candidates", tmp_path / "c.csv", *RESUME).exit_code == 2
+    assert sorted(p.name for p in out.iterdir()) == ["mine.txt"]

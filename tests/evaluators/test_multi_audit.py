@@ -44,7 +44,7 @@ def test_union_per_condition_and_first_condition(scripted):
     assert res.similarity.shape == (4, 6) and torch.allclose(res.similarity[2], torch.ones(6))
     assert res.count({"img0.png", "img3.png"}) == 1
     summary = res.to_summary()
-    assert summary["extracted"] == 3 and summary["first_condition"]["p16-greedy"] == 1
+    assert summary["extracted"] == 3 and summary["first_condition_counts"]["p16-greedy"] == 1
     assert summary["similarity"]["count"] == 4 and sum(summary["similarity"]["histogram"]["counts"]) == 4
     assert "img0.png" not in repr(summary)  # aggregates only
     # No single condition sees the union: the one-condition audit undercounts.
