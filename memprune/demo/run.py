@@ -273,7 +273,8 @@ def run_demo(
             files += [res.output, res.manifest_path]
         timings["mitigate"] = time.perf_counter() - t
 
-    say(f"auditing {len(cands)} images ({sum(c.role == 'duplicated' for c in cands)} duplicated) on both models")
+    n_dup = sum(c.role == "duplicated" for c in cands)
+    say(f"paper's audit of {len(cands)} images ({n_dup} duplicated) on {len(models)} models")
     t = time.perf_counter()
     audit_dir = out / "audit"
     results = run_audit(models, sscd, [Candidate(c.path, c.label, c.id) for c in cands],
