@@ -6,8 +6,9 @@ frontier); the demo replays the recipe it chose, every step measured in this run
 1. the multi-condition audit (the robust grid: VAR prefixes of 3, 4, 5 scales, greedy and sampled with seeds
    0..2) of the original model on the duplicated images; the extracted ones are the forget set, split in a
    selection half and a check half (seeded, as ``mitigate`` does);
-2. attribution scores with the selection half as FORGET and a seeded sample of images seen once as RETAIN, the
-   loss counted from the first generated token of the shortest prefix;
+2. attribution scores with the selection half as FORGET and RETAIN chosen as ``mitigate`` does (64 training
+   images outside the forget set, class-balanced, seeded), the loss counted from the first generated token of the
+   shortest prefix;
 3. ``patch`` writes ``mitigated.safetensors`` (top ``share`` of units, fc1 rows x ``factor``, summed over
    scales) and a random-units control of the same count (``random.safetensors``).
 
@@ -51,14 +52,16 @@ def _candidates(images: Sequence[DemoImage]) -> list[Any]:
 
 
 def build_mitigated(data: DemoAssets, original: Any, sscd: Any, out: Path, *, seed: int, batch_size: int,
-                    dups: Sequence[DemoImage], retain: Sequence[DemoImage], share: str = MITIGATE_SHARE,
+                    dups: Sequence[DemoImage], retain: Sequence[DemoImage] | None = None, share: str = MITIGATE_SHARE,
                     factor: float = MITIGATE_FACTOR, prefixes: Sequence[int] | None = None,
                     seeds: Sequence[int] | None = None,
                     command: str = "memprune demo") -> tuple[RobustAudit, Any, dict[str, Any]]:
     """Audit the original under every condition, localize its extracted images, write the mitigated and random
     models; return the audit so far, the reference set and ``{name: PatchResult}``.
 
-    ``dups``: the duplicated images audited; ``prefixes``/``seeds`` override the robust grid (tests use a small one).
+    ``dups``: the duplicated images audited; ``retain``: attribution's RETAIN images (default: ``mitigate``'s rule,
+    64 training images outside the forget set, class-balanced, seeded); ``prefixes``/``seeds`` override the robust
+    grid (tests use a small one).
     """
     from memprune.evaluators.conditions import default_conditions, paper_prefix, prefix_tokens
     from memprune.evaluators.multi_audit import ReferenceSet
@@ -81,8 +84,16 @@ def build_mitigated(data: DemoAssets, original: Any, sscd: Any, out: Path, *, se
     digest = checkpoint_sha256(data.var_path)
     if sel:
         forget = [im.record() for im in dups if im.id in set(sel)]
+        if retain is None:  # mitigate's own rule: a seeded, class-balanced sample of the images not extracted
+            from memprune.mitigate.config import MitigateConfig
+            from memprune.mitigate.run import _retain
+
+            train = sorted((im.record() for im in data.training), key=lambda r: (r.label, r.id))  # as load_records
+            retain_recs = _retain(train, sorted(base.extracted), MitigateConfig(seed=seed))
+        else:
+            retain_recs = [im.record() for im in retain]
         start = min(prefix_tokens(original, c.prefix) for c in conds)
-        scores = attribution_scores(original, forget, [im.record() for im in retain], digest=digest,
+        scores = attribution_scores(original, forget, retain_recs, digest=digest,
                                     batch_size=8, from_token=start)
         results["mitigated"] = patch(data.var_path, scores, output=out / "mitigated.safetensors", top=share,
                                      factor=factor, aggregate="sum", command=f"{command} (mitigate's recipe)")

@@ -266,7 +266,7 @@ def run_demo(
         robust, ctx, built = build_mitigated(
             data, original, sscd, out, seed=seed, batch_size=batch_size, share=mitigate_share,
             factor=mitigate_factor, dups=[c for c in cands if c.role == "duplicated"],
-            retain=_balanced(data.role("single"), 64, seed + 1), prefixes=robust_grid[0], seeds=robust_grid[1],
+            prefixes=robust_grid[0], seeds=robust_grid[1],
             command=f"memprune demo --seed {seed}")
         for name, res in built.items():
             models[name] = load_var(res.output, data.vae_path, device=device)
