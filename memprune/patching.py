@@ -149,7 +149,7 @@ def patch(
     top: str = "10%",
     factor: float = 0.5,
     scope: str = "global",
-    aggregate: str = "max",
+    aggregate: str | None = None,
     target: str = "fc1",
     bias: bool = False,
     arch: str | None = None,
@@ -168,7 +168,9 @@ def patch(
         top: ``"10%"`` or a count.
         factor: multiplier for the selected slices (0 <= factor, != 1).
         scope: ``global`` ranking or top share per ``layer``.
-        aggregate: reduction over position groups (VAR scales): ``max``, ``mean`` or ``sum``.
+        aggregate: reduction over position groups (VAR scales): ``max``, ``mean`` or ``sum``; ``None`` takes the
+            score file's own ``info.aggregate`` (attribution and random scores are sums over groups), else ``max``
+            (UnitMem, as the paper ranks units).
         target: ``fc1`` (rows of the unit's weight; SwiGLU: w3 rows) or ``fc2`` (output-projection columns).
         bias: also scale the unit's bias entry (``fc1`` target only).
         arch, layers_regex: override architecture detection / use the generic adapter.
@@ -187,6 +189,7 @@ def patch(
     ckpt_path = Path(checkpoint)
     out_path = None if dry_run else _check_outputs(_require(output), checkpoint, scores)
     score_set = scores if isinstance(scores, ScoreSet) else load_scores(scores)
+    aggregate = aggregate or _declared_aggregate(score_set)
     with open_checkpoint(checkpoint) as ckpt, ThreadPoolExecutor(1, "memprune-digest") as pool:
         adapter = detect_adapter(ckpt, arch, layers_regex)
         kind, layers = _unit_kind(adapter, ckpt, score_set)
@@ -251,6 +254,16 @@ def _check_outputs(output: str | os.PathLike, checkpoint: str | os.PathLike, sco
     out = check_output(output, inputs, suffix=".safetensors")
     check_output(manifest_path_for(out), inputs, suffix=".manifest.json", what="manifest")
     return out
+
+
+def _declared_aggregate(score_set: ScoreSet) -> str:
+    """The reduction a score file asks for (``info.aggregate``), else UnitMem's ``max``."""
+    declared = (score_set.info or {}).get("aggregate") if isinstance(score_set.info, dict) else None
+    if declared is None:
+        return "max"
+    if declared not in ("max", "mean", "sum"):
+        raise MempruneError(f"the score file declares aggregate {declared!r}: pass --aggregate max, mean or sum")
+    return declared
 
 
 def _require(output: str | os.PathLike | None) -> str | os.PathLike:
