@@ -102,7 +102,8 @@ def read_candidates(path: str | os.PathLike, data_root: str | os.PathLike | None
         if found is None or not found.is_file():
             missing.append(name)
             continue
-        out.append(Candidate(found, int(label), str(row.get("id") or name), hit, selected_by))
+        # Absolute, so that results.csv / candidates.csv written elsewhere still point at the image.
+        out.append(Candidate(found.absolute(), int(label), str(row.get("id") or name), hit, selected_by))
     if missing:
         where = " or ".join(str(r) for r in roots)
         raise MempruneError(

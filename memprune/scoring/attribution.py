@@ -108,7 +108,8 @@ def _extracted_rows(p: Path, rows: list[dict[str, str]]) -> list[ImageRecord]:
         name, label = (row.get("path") or "").strip(), (row.get("label") or "").strip()
         if not name or not label.isdigit():
             raise MempruneError(f"{p} line {n} needs a path and an integer label: pass the audit's results.csv as written")
-        path = Path(name) if Path(name).is_absolute() else p.parent / name
+        # Audits record absolute paths; a relative one is taken beside the file, else from the working folder.
+        path = Path(name) if Path(name).is_absolute() or not (p.parent / name).is_file() else p.parent / name
         if not path.is_file():
             raise MempruneError(f"{p} line {n}: image {name} does not exist: run the audit again or fix the path")
         image_id = (row.get("id") or name).strip()
