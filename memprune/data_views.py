@@ -159,11 +159,12 @@ class ViewPipeline:
 
     @classmethod
     def for_arch(cls, arch: str, resolution: int, *, augment: bool = True, seed: int = 0) -> ViewPipeline:
-        """The training views of ``arch`` (var or rar; others fall back to var's), or the centre view."""
+        """The training views the family spec of ``arch`` declares (an undeclared one is an error), or the centre view."""
         if not augment:
             return cls("center", resolution, seed)
-        # LlamaGen trains on the same ten-crops of center_crop_arr(1.1 x) (extract_codes_c2i.py --ten-crop) as RAR.
-        return cls("rar" if arch in ("rar", "llamagen") else "var", resolution, seed)
+        from memprune.families import get_family
+
+        return cls(get_family(arch).need("training_view"), resolution, seed)
 
     def describe(self) -> str:
         res = self.resolution

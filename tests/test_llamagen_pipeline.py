@@ -16,9 +16,9 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from memprune.cli import app
-from memprune.models.llamagen import build_random_llamagen, load_llamagen
-from memprune.models.llamagen_transformer import LlamaGenConfig
-from memprune.models.llamagen_vq import VQConfig
+from memprune.families.llamagen.model import build_random_llamagen, load_llamagen
+from memprune.families.llamagen.transformer import LlamaGenConfig
+from memprune.families.llamagen.vq import VQConfig
 
 runner = CliRunner()
 pytestmark = pytest.mark.slow

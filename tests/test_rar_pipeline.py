@@ -16,9 +16,9 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from memprune.cli import app
-from memprune.models.maskgit_vqgan import MaskGITVQGANConfig
-from memprune.models.rar import build_random_rar
-from memprune.models.rar_transformer import RARConfig
+from memprune.families.rar.maskgit_vqgan import MaskGITVQGANConfig
+from memprune.families.rar.model import build_random_rar
+from memprune.families.rar.transformer import RARConfig
 
 runner = CliRunner()
 pytestmark = pytest.mark.slow

@@ -32,7 +32,7 @@ import torch.nn.functional as F
 
 from memprune.demo.assets import DemoAssets, DemoImage, load_demo_assets
 from memprune.errors import MempruneError
-from memprune.models.base import IARModel
+from memprune.families.base import IARModel
 
 log = logging.getLogger(__name__)
 
@@ -221,7 +221,7 @@ def run_demo(
     from memprune.evaluators.audit_report import make_grid, save_extracted_images
     from memprune.io import checkpoint_sha256
     from memprune.io.paths import check_output_dir
-    from memprune.models.var import load_var
+    from memprune.families.var.model import load_var
     from memprune.patching import check_factor, patch
     from memprune.scoring.engine import score
     from memprune.scoring.report import build_report, write_report

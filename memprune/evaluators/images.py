@@ -7,7 +7,7 @@ floats, so a PIL image, a uint8 array and a float tensor holding the same pixels
 Accepted inputs (:data:`ImageInput`):
 
 * ``torch.Tensor`` float ``[B, C, H, W]`` or ``[C, H, W]`` in ``[0, 1]`` (C = 1, 3 or 4); uint8 tensors in
-  ``[0, 255]``. This is what :meth:`memprune.models.base.IARModel.decode` returns.
+  ``[0, 255]``. This is what :meth:`memprune.families.base.IARModel.decode` returns.
 * ``numpy.ndarray`` in channel-last layout: ``[H, W]``, ``[H, W, C]`` or ``[B, H, W, C]``; uint8 (0-255),
   uint16 (0-65535), bool, or float in ``[0, 1]``.
 * ``PIL.Image.Image`` of any mode (grayscale, RGBA, palette, 16-bit, CMYK, ...), or a path to an image file.

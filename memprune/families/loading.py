@@ -1,6 +1,6 @@
 """Building a runnable model from checkpoint files, on the requested device and precision.
 
-Shared by ``score``, ``audit``, ``fid`` and ``demo``: architecture detection picks the adapter, whose
+Shared by ``score``, ``audit``, ``fid`` and ``demo``: architecture detection picks the family spec, whose
 ``load_model`` builds our implementation of the network and its tokenizer from the official state dicts.
 """
 
@@ -11,7 +11,7 @@ import os
 import torch
 
 from memprune.errors import MempruneError
-from memprune.models.base import IARModel
+from memprune.families.base import IARModel
 
 _DTYPES = {
     "float32": torch.float32, "fp32": torch.float32,
@@ -69,28 +69,29 @@ def load_model(
 ) -> tuple[IARModel, str | None]:
     """The runnable model (network + tokenizer) in eval mode on ``device``, and the checkpoint's digest.
 
-    A checkpoint path goes through adapter detection and ``adapter.load_model``; a model object is used as
+    A checkpoint path goes through family detection and ``spec.load_model``; a model object is used as
     is (moved to ``device``), with ``digest`` recorded as its identity. ``num_heads`` is passed on only when
-    given (LlamaGen needs it for widths that are no release; the weights do not store it).
+    given, and only to a family that declares it among its ``load_options`` (LlamaGen needs it for widths that
+    are no release; the weights do not store it).
     """
     device = resolve_device(device)
     if isinstance(checkpoint, IARModel):
         return checkpoint.to(device).eval(), digest
-    from memprune.adapters import detect_adapter
+    from memprune.families.spec import detect_family
     from memprune.io import checkpoint_sha256, open_checkpoint, resolve_checkpoint_path
 
     if tokenizer is None:
         raise MempruneError("running the model needs its tokenizer too: pass --tokenizer TOKENIZER_CHECKPOINT")
     path = resolve_checkpoint_path(checkpoint)
     with open_checkpoint(path) as ckpt:
-        adapter = detect_adapter(ckpt, arch)
+        spec = detect_family(ckpt, arch)
     extra = {} if num_heads is None else {"num_heads": num_heads}
     try:
-        model = adapter.load_model(path, tokenizer, device=device, dtype=resolve_dtype(dtype, device), **extra)
+        model = spec.load_model(path, tokenizer, device=device, dtype=resolve_dtype(dtype, device), **extra)
     except MempruneError as exc:  # another family's tokenizer: name the one this model needs
         from memprune.identify import tokenizer_mismatch_message
 
-        message = tokenizer_mismatch_message(adapter.name, tokenizer)
+        message = tokenizer_mismatch_message(spec.name, tokenizer)
         if message is None:
             raise
         raise MempruneError(message) from exc

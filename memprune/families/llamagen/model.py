@@ -30,20 +30,21 @@ import torch
 from torch import nn
 
 from memprune.errors import MempruneError
-from memprune.models.base import IARModel, PositionGroup
-from memprune.models.llamagen_transformer import (
+from memprune.families.base import IARModel, PositionGroup
+from memprune.families.llamagen.spec import SPEC
+from memprune.families.llamagen.transformer import (
     HEADS_BY_WIDTH,
     LlamaGenConfig,
     LlamaGenTransformer,
     init_random_,
 )
-from memprune.models.llamagen_vq import LlamaGenVQ, VQConfig, load_llamagen_vq
-from memprune.models.llamagen_vq import init_random_ as init_tokenizer_
-from memprune.models.maskgit_vqgan import load_into
-from memprune.models.rar import _amp_dtype
-from memprune.models.rar_sampling import pick_tokens
-from memprune.models.rar_transformer import KVCache
-from memprune.models.state_dict import read_state_dict
+from memprune.families.llamagen.vq import LlamaGenVQ, VQConfig, load_llamagen_vq
+from memprune.families.llamagen.vq import init_random_ as init_tokenizer_
+from memprune.families.rar.maskgit_vqgan import load_into
+from memprune.families.rar.model import _amp_dtype
+from memprune.families.rar.sampling import pick_tokens
+from memprune.families.rar.transformer import KVCache
+from memprune.families.state_dict import read_state_dict
 
 log = logging.getLogger(__name__)
 
@@ -322,14 +323,7 @@ class LlamaGenModel(IARModel):
 
     def hook_points(self, layer: str = "fc1") -> dict[str, nn.Module]:
         """``layers.{i}.feed_forward`` -> ``feed_forward.hidden`` (h), ``...w2`` (fc2), ``...attention.wo``."""
-        layers = self.transformer.layers
-        if layer == "fc1":
-            return {f"layers.{i}.feed_forward": blk.feed_forward.hidden for i, blk in enumerate(layers)}
-        if layer == "fc2":
-            return {f"layers.{i}.feed_forward.w2": blk.feed_forward.w2 for i, blk in enumerate(layers)}
-        if layer == "attn.proj":
-            return {f"layers.{i}.attention.wo": blk.attention.wo for i, blk in enumerate(layers)}
-        raise MempruneError(f"unknown hook layer {layer!r}: use one of 'fc1', 'fc2', 'attn.proj'")
+        return SPEC.hook_points(self.transformer, layer)  # names and modules from the spec's unit templates
 
     def position_groups(self) -> list[PositionGroup]:
         """``last`` = row n - 1 (predicts the last token); ``all`` = rows 0..n-1."""

@@ -29,8 +29,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from memprune.errors import MempruneError
-from memprune.models.maskgit_vqgan import exact_fp32, load_into
-from memprune.models.state_dict import read_state_dict
+from memprune.families.rar.maskgit_vqgan import exact_fp32, load_into
+from memprune.families.state_dict import read_state_dict
 
 
 @dataclass(frozen=True)

@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from memprune.errors import MempruneError
-from memprune.models.state_dict import read_state_dict
+from memprune.families.state_dict import read_state_dict
 
 _GN_GROUPS = 32  # every GroupNorm of the official network has 32 groups (eps 1e-6, affine)
 _GN_EPS = 1e-6

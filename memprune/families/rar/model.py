@@ -24,17 +24,18 @@ import torch
 from torch import nn
 
 from memprune.errors import MempruneError
-from memprune.models.base import IARModel, PositionGroup
-from memprune.models.maskgit_vqgan import (
+from memprune.families.base import IARModel, PositionGroup
+from memprune.families.rar.maskgit_vqgan import (
     MaskGITVQGAN,
     MaskGITVQGANConfig,
     load_into,
     load_maskgit_vqgan,
 )
-from memprune.models.maskgit_vqgan import init_random_ as init_tokenizer_
-from memprune.models.rar_sampling import generate_tokens
-from memprune.models.rar_transformer import RARConfig, RARTransformer, init_random_
-from memprune.models.state_dict import read_state_dict
+from memprune.families.rar.maskgit_vqgan import init_random_ as init_tokenizer_
+from memprune.families.rar.sampling import generate_tokens
+from memprune.families.rar.spec import SPEC
+from memprune.families.rar.transformer import RARConfig, RARTransformer, init_random_
+from memprune.families.state_dict import read_state_dict
 
 _BLOCK_KEY = re.compile(r"^blocks\.(\d+)\.norm1\.weight$")
 _REQUIRED = (
@@ -285,14 +286,7 @@ class RARModel(IARModel):
         In ``teacher_forced`` the hooked outputs are [B, 258, units] (block-sequence rows). During ``generate``
         they fire once per step with only the new rows ([B or 2B with CFG, rows, units]).
         """
-        blocks = self.transformer.blocks
-        if layer == "fc1":
-            return {f"blocks.{i}.mlp.fc1": b.mlp.act for i, b in enumerate(blocks)}
-        if layer == "fc2":
-            return {f"blocks.{i}.mlp.fc2": b.mlp.fc2 for i, b in enumerate(blocks)}
-        if layer == "attn.proj":
-            return {f"blocks.{i}.attn.proj": b.attn.proj for i, b in enumerate(blocks)}
-        raise MempruneError(f"unknown hook layer {layer!r}: use one of 'fc1', 'fc2', 'attn.proj'")
+        return SPEC.hook_points(self.transformer, layer)  # names and modules from the spec's unit templates
 
     def position_groups(self) -> list[PositionGroup]:
         """Rows of the 258-row block sequence: ``last`` = [256, 257), ``all`` = [1, 257)."""

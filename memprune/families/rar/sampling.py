@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from memprune.models.rar_transformer import KVCache, RARTransformer
+from memprune.families.rar.transformer import KVCache, RARTransformer
 
 
 def guidance_scale_at(

@@ -203,7 +203,7 @@ class RARTransformer(nn.Module):
     """The RAR generator; parameter names match the official state dict.
 
     Class ids given to this module are **embedding rows** (label + ``class_offset``, or ``null_class_id``);
-    :class:`memprune.models.rar.RARModel` takes raw labels and offsets them.
+    :class:`memprune.families.rar.model.RARModel` takes raw labels and offsets them.
     """
 
     def __init__(self, cfg: RARConfig):

@@ -16,9 +16,9 @@ import torch
 from torch import nn
 
 from memprune.errors import MempruneError
-from memprune.models.state_dict import read_state_dict
-from memprune.models.var_transformer import PATCH_NUMS_256, PATCH_NUMS_512, VARConfig
-from memprune.models.vqvae import VQVAEConfig
+from memprune.families.state_dict import read_state_dict
+from memprune.families.var.transformer import PATCH_NUMS_256, PATCH_NUMS_512, VARConfig
+from memprune.families.var.vqvae import VQVAEConfig
 
 StateDict = dict[str, torch.Tensor]
 

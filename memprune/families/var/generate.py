@@ -16,8 +16,8 @@ from dataclasses import dataclass
 
 import torch
 
-from memprune.models.var_transformer import VARTransformer
-from memprune.models.vqvae import MultiScaleQuantizer
+from memprune.families.var.transformer import VARTransformer
+from memprune.families.var.vqvae import MultiScaleQuantizer
 
 
 @dataclass(frozen=True)

@@ -22,23 +22,23 @@ import torch
 from torch import nn
 
 from memprune.errors import MempruneError
-from memprune.models.base import IARModel, PositionGroup
-from memprune.models.var_checkpoint import (
+from memprune.families.base import IARModel, PositionGroup
+from memprune.families.var.checkpoint import (
     check_tokenizer_fits,
     load_strict,
     read_var_state_dict,
     var_config_from_state_dict,
     vqvae_config_from_state_dict,
 )
-from memprune.models.var_generate import SamplingOptions, generate_scales
-from memprune.models.var_transformer import VARConfig, VARTransformer
-from memprune.models.vqvae import VQVAE, VQVAEConfig
+from memprune.families.var.generate import SamplingOptions, generate_scales
+from memprune.families.var.transformer import VARConfig, VARTransformer
+from memprune.families.var.spec import SPEC
+from memprune.families.var.vqvae import VQVAE, VQVAEConfig
 
 __all__ = ["VARModel", "VARConfig", "VQVAEConfig", "load_var", "build_var_model", "var_config_from_state_dict",
            "vqvae_config_from_state_dict"]
 
 _AMP_DTYPES = (torch.bfloat16, torch.float16)
-_HOOK_LAYERS = ("fc1", "fc2", "attn.proj")
 
 
 @contextlib.contextmanager
@@ -243,18 +243,11 @@ class VARModel(IARModel):
 
     # ------------------------------------------------------------------------------------------ scoring API
     def hook_points(self, layer: str = "fc1") -> dict[str, nn.Module]:
-        """``blocks.{i}.ffn.fc1`` -> the block's ``ffn.act`` (post-GELU units); ``fc2`` / ``attn.proj`` likewise."""
-        if layer not in _HOOK_LAYERS:
-            raise MempruneError(f"unknown hook layer {layer!r}; choose one of {', '.join(_HOOK_LAYERS)}")
-        points: dict[str, nn.Module] = {}
-        for i, block in enumerate(self.var.blocks):
-            if layer == "fc1":
-                points[f"blocks.{i}.ffn.fc1"] = block.ffn.act
-            elif layer == "fc2":
-                points[f"blocks.{i}.ffn.fc2"] = block.ffn.fc2
-            else:
-                points[f"blocks.{i}.attn.proj"] = block.attn.proj
-        return points
+        """``blocks.{i}.ffn.fc1`` -> the block's ``ffn.act`` (post-GELU units); ``fc2`` / ``attn.proj`` likewise.
+
+        Names and modules both come from the family spec's unit templates.
+        """
+        return SPEC.hook_points(self.var, layer)
 
     def position_groups(self) -> list[PositionGroup]:
         """One group per scale, ``scale0`` .. ``scale{S-1}``. Scale 0 depends only on the label."""

@@ -5,7 +5,7 @@ Differences from the official ``VAR`` class, all deliberate:
 * no label dropout: the official forward replaces labels by the null class with probability 0.1 even in eval
   mode; here the caller passes the labels it wants (the null class is ``num_classes``);
 * no fused MLP / flash / xformers paths, no drop path (inference only);
-* the VQVAE is not held here (:class:`memprune.models.var.VARModel` holds both);
+* the VQVAE is not held here (:class:`memprune.families.var.model.VARModel` holds both);
 * the head (AdaLN before head + linear) always runs in float32, outside autocast.
 """
 
@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from memprune.models.var_blocks import AdaLNBeforeHead, AdaLNSelfAttn, SharedAdaLin
+from memprune.families.var.blocks import AdaLNBeforeHead, AdaLNSelfAttn, SharedAdaLin
 
 PATCH_NUMS_256 = (1, 2, 3, 4, 5, 6, 8, 10, 13, 16)
 PATCH_NUMS_512 = (1, 2, 3, 4, 6, 9, 13, 18, 24, 32)

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from memprune.models.var_vae_blocks import Decoder, Encoder
+from memprune.families.var.vae_blocks import Decoder, Encoder
 
 __all__ = ["VQVAE", "VQVAEConfig", "MultiScaleQuantizer", "phi_index_table"]
 

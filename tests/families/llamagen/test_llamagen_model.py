@@ -15,13 +15,13 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from memprune.models.base import PositionGroup
-from memprune.models.llamagen import LlamaGenModel, load_llamagen
-from memprune.models.llamagen_transformer import LlamaGenConfig, LlamaGenTransformer, init_random_
-from memprune.models.llamagen_vq import LlamaGenVQ, VQConfig
-from memprune.models.llamagen_vq import init_random_ as init_vq_
+from memprune.families.base import PositionGroup
+from memprune.families.llamagen.model import LlamaGenModel, load_llamagen
+from memprune.families.llamagen.transformer import LlamaGenConfig, LlamaGenTransformer, init_random_
+from memprune.families.llamagen.vq import LlamaGenVQ, VQConfig
+from memprune.families.llamagen.vq import init_random_ as init_vq_
 
-FIX = Path(__file__).resolve().parents[1] / "fixtures" / "llamagen"
+FIX = Path(__file__).resolve().parents[2] / "fixtures" / "llamagen"
 FIXTURE_CONFIG = LlamaGenConfig(dim=64, n_layer=2, n_head=4, ffn_hidden=256, vocab_size=2048)
 SEED = 1618033
 # sha256 over (name, dtype, shape, raw bytes) of every tensor of the official llamagen.pt["model"], in order.

@@ -17,7 +17,7 @@ from PIL import Image
 from safetensors.torch import save_file
 
 from memprune.errors import MempruneError
-from memprune.models.maskgit_vqgan import (
+from memprune.families.rar.maskgit_vqgan import (
     MaskGITVQGAN,
     MaskGITVQGANConfig,
     init_random_,
@@ -25,7 +25,7 @@ from memprune.models.maskgit_vqgan import (
     maskgit_config_from_state_dict,
 )
 
-FIX = Path(__file__).resolve().parents[1] / "fixtures" / "rar_tokenizer"
+FIX = Path(__file__).resolve().parents[2] / "fixtures" / "rar_tokenizer"
 SEED = 4242
 FIXTURE_CONFIG = MaskGITVQGANConfig(hidden_channels=32)
 # sha256 of the official fixture file maskgit_vqgan_tiny.safetensors (its config.json, "files").

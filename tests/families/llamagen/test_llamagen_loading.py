@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from memprune.errors import MempruneError
-from memprune.models.llamagen import llamagen_config_from_state_dict, load_llamagen
-from memprune.models.llamagen_transformer import (
+from memprune.families.llamagen.model import llamagen_config_from_state_dict, load_llamagen
+from memprune.families.llamagen.transformer import (
     LLAMAGEN_CONFIGS,
     PUBLISHED_PARAMS_M,
     LlamaGenConfig,
@@ -20,8 +20,8 @@ from memprune.models.llamagen_transformer import (
     init_random_,
     rope_table_2d,
 )
-from memprune.models.llamagen_vq import LlamaGenVQ, VQConfig
-from memprune.models.llamagen_vq import init_random_ as init_vq_
+from memprune.families.llamagen.vq import LlamaGenVQ, VQConfig
+from memprune.families.llamagen.vq import init_random_ as init_vq_
 
 SMALL = LlamaGenConfig(dim=64, n_layer=2, n_head=4, ffn_hidden=256, vocab_size=64, num_classes=10)
 SMALL_VQ = VQConfig(ch=32, num_res_blocks=1, z_channels=32, codebook_size=64)
@@ -82,7 +82,7 @@ def test_released_wrappers_and_stale_kv_caches_load(tmp_path: Path, gpt_sd, vq_s
     torch.save(ddp, tmp_path / "ddp.pt")
     torch.save(dict(gpt_sd), tmp_path / "fsdp.pth")  # FSDP releases are bare state dicts
     torch.save({"model": vq_sd}, tmp_path / "vq.pt")
-    with caplog.at_level(logging.WARNING, logger="memprune.models.llamagen"):
+    with caplog.at_level(logging.WARNING, logger="memprune.families.llamagen.model"):
         for name in ("ddp.pt", "fsdp.pth"):
             model = load_llamagen(tmp_path / name, tmp_path / "vq.pt", num_heads=4)
             torch.testing.assert_close(model.teacher_forced(tokens, torch.tensor([3])), expected, rtol=0, atol=0)
@@ -90,7 +90,7 @@ def test_released_wrappers_and_stale_kv_caches_load(tmp_path: Path, gpt_sd, vq_s
 
 
 def test_wrong_tokenizers_are_named(gpt_sd, vq_sd) -> None:
-    from memprune.models.maskgit_vqgan import MaskGITVQGAN, MaskGITVQGANConfig, load_maskgit_vqgan
+    from memprune.families.rar.maskgit_vqgan import MaskGITVQGAN, MaskGITVQGANConfig, load_maskgit_vqgan
 
     maskgit = MaskGITVQGAN(MaskGITVQGANConfig(hidden_channels=32, num_res_blocks=1, z_channels=16, codebook_size=64))
     with pytest.raises(MempruneError, match="MaskGIT-VQGAN tokenizer of RAR"):
@@ -134,7 +134,7 @@ def test_384_grid_needs_matching_images_and_tokenizer(tmp_path: Path, gpt_sd, vq
 def test_real_var_tokenizer_is_named_and_the_reverse(gpt_sd, vq_sd, var_state_dicts) -> None:
     with pytest.raises(MempruneError, match="VQVAE of VAR"):
         load_llamagen(gpt_sd, var_state_dicts["vae"], num_heads=4)
-    from memprune.models.var import load_var
+    from memprune.families.var.model import load_var
 
     with pytest.raises(MempruneError, match="vae_ch160v4096z32.pth"):
         load_var(var_state_dicts["var"], vq_sd)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from memprune.models.vqvae import VQVAE, VQVAEConfig, phi_index_table
+from memprune.families.var.vqvae import VQVAE, VQVAEConfig, phi_index_table
 
 PN256 = (1, 2, 3, 4, 5, 6, 8, 10, 13, 16)
 

@@ -6,14 +6,14 @@ import pytest
 import torch
 
 from memprune.errors import MempruneError
-from memprune.models.maskgit_vqgan import MaskGITVQGAN, MaskGITVQGANConfig
-from memprune.models.rar import (
+from memprune.families.rar.maskgit_vqgan import MaskGITVQGAN, MaskGITVQGANConfig
+from memprune.families.rar.model import (
     RARModel,
     build_random_rar,
     load_rar,
     rar_config_from_state_dict,
 )
-from memprune.models.rar_transformer import RARConfig, RARTransformer
+from memprune.families.rar.transformer import RARConfig, RARTransformer
 
 SMALL = RARConfig(hidden_size=32, depth=2, num_heads=2, mlp_hidden=80)
 TOK = MaskGITVQGANConfig(hidden_channels=32)

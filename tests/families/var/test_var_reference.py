@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from memprune.models.var import load_var
+from memprune.families.var.model import load_var
 
 TOL = dict(atol=1e-4, rtol=1e-4)
 

@@ -1,4 +1,4 @@
-"""Architecture detection and unit-layer discovery from names and shapes."""
+"""The family registry: detection and unit-layer discovery from names and shapes; the generic --layers spec."""
 
 from __future__ import annotations
 
@@ -6,7 +6,8 @@ import pytest
 import torch
 from tiny_checkpoints import llamagen_state_dict, rar_state_dict, var_state_dict
 
-from memprune.adapters import detect_adapter, known_adapters
+from memprune.families import detect_family as detect_adapter
+from memprune.families import generic_spec, known_families
 from memprune.errors import MempruneError
 from memprune.io import open_checkpoint, save_safetensors
 
@@ -82,5 +83,43 @@ def test_explicit_arch_that_does_not_fit(tmp_path):
         detect_adapter(ckpt, arch="dit")
 
 
-def test_registry_lists_every_adapter():
-    assert {"var", "rar", "llamagen", "generic"} <= set(known_adapters())
+def test_registry_lists_every_family():
+    assert {"var", "rar", "llamagen"} <= set(known_families())
+    assert "generic" not in known_families()  # built from --layers, never detected
+
+
+def test_generic_spec_names_units_and_hooks_but_cannot_run(tmp_path):
+    sd = {f"h.{i}.mlp.c_fc.weight": torch.ones(8, 4) for i in range(2)}
+    ckpt = _ckpt(tmp_path, sd)
+    spec = detect_adapter(ckpt, layers=r"h\.(\d+)\.mlp\.c_fc\.weight")
+    assert spec.name == "generic" and spec.layers_regex == generic_spec(r"h\.(\d+)\.mlp\.c_fc\.weight").layers_regex
+    net = torch.nn.Module()
+    net.h = torch.nn.ModuleList(torch.nn.Module() for _ in range(2))
+    for block in net.h:
+        block.mlp = torch.nn.Module()
+        block.mlp.c_fc = torch.nn.Linear(4, 8)
+    hooks = spec.hook_points(net)
+    assert list(hooks) == [u.name for u in spec.unit_layers(ckpt)] == ["h.0.mlp.c_fc", "h.1.mlp.c_fc"]
+    assert not spec.runnable
+    with pytest.raises(MempruneError, match="cannot run them"):
+        spec.load_model(ckpt.path, None)
+    with pytest.raises(MempruneError, match="needs --layers"):
+        detect_adapter(ckpt, arch="generic")
+
+
+def test_a_family_without_a_declaration_fails_loudly():
+    from dataclasses import replace
+
+    from memprune.data import ViewPipeline
+    from memprune.families import get_family, register_family
+
+    register_family(replace(get_family("rar"), name="undeclared", display_name="undeclared", training_view=None, audit_view=None))
+    with pytest.raises(MempruneError, match="undeclared family declares no training view"):
+        ViewPipeline.for_arch("undeclared", 32)
+    from memprune.evaluators.audit_candidates import canonical_view
+    from PIL import Image
+
+    with pytest.raises(MempruneError, match="declares no audit view"):
+        canonical_view(Image.new("RGB", (40, 40)), "undeclared", 32)
+    with pytest.raises(MempruneError, match="unknown architecture 'dit'"):
+        ViewPipeline.for_arch("dit", 32)

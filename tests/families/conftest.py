@@ -45,7 +45,7 @@ def var_state_dicts(var_files: dict[str, Path]) -> dict[str, dict[str, torch.Ten
 @pytest.fixture(scope="session")
 def var_model(var_files: dict[str, Path]):
     """The tiny reference VAR (depth 3, V 512) with its tokenizer, loaded once. Do not modify it."""
-    from memprune.models.var import load_var
+    from memprune.families.var.model import load_var
 
     return load_var(var_files["var"], var_files["vae"])
 

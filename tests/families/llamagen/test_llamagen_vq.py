@@ -17,9 +17,9 @@ import torch
 from PIL import Image
 from safetensors.torch import save_file
 
-from memprune.models.llamagen_vq import LlamaGenVQ, VQConfig, init_random_, load_llamagen_vq, vq_config_from_state_dict
+from memprune.families.llamagen.vq import LlamaGenVQ, VQConfig, init_random_, load_llamagen_vq, vq_config_from_state_dict
 
-FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
+FIXTURES = Path(__file__).resolve().parents[2] / "fixtures"
 FIX = FIXTURES / "llamagen_tokenizer"
 CONFIG = VQConfig(ch=32, codebook_size=1024)
 # sha256 over (name, dtype, shape, raw bytes) of the official vq16_tiny.pt["model"] tensors, in order.

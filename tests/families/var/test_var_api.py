@@ -6,10 +6,10 @@ import pytest
 import torch
 
 from memprune.errors import MempruneError
-from memprune.models.base import IARModel, PositionGroup
-from memprune.models.var import VARConfig, build_var_model
-from memprune.models.var_generate import filter_top_k_top_p
-from memprune.models.vqvae import VQVAEConfig
+from memprune.families.base import IARModel, PositionGroup
+from memprune.families.var.model import VARConfig, build_var_model
+from memprune.families.var.generate import filter_top_k_top_p
+from memprune.families.var.vqvae import VQVAEConfig
 
 BOUNDARIES = [0, 1, 5, 14, 30, 55, 91, 155, 255, 424, 680]
 
@@ -177,7 +177,7 @@ def test_autocast_bf16_keeps_logits_float32(tiny_random):
 @pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_cuda_matches_cpu(var_model, var_files, var_images, var_ref, var_labels):
-    from memprune.models.var import load_var
+    from memprune.families.var.model import load_var
 
     gpu = load_var(var_files["var"], var_files["vae"], device="cuda")
     assert gpu.device.type == "cuda" and gpu.vae.quantize.embedding.weight.is_cuda

@@ -7,14 +7,14 @@ import torch
 from safetensors.torch import save_file
 
 from memprune.errors import MempruneError
-from memprune.models.var import (
+from memprune.families.var.model import (
     VARConfig,
     VARModel,
     load_var,
     var_config_from_state_dict,
     vqvae_config_from_state_dict,
 )
-from memprune.models.var_transformer import VARTransformer
+from memprune.families.var.transformer import VARTransformer
 
 
 @pytest.fixture()

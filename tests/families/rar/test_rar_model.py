@@ -15,19 +15,19 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from memprune.models.base import PositionGroup
-from memprune.models.maskgit_vqgan import MaskGITVQGAN, MaskGITVQGANConfig
-from memprune.models.maskgit_vqgan import init_random_ as init_tokenizer_
-from memprune.models.rar import RARModel, load_rar, rar_config_from_state_dict
-from memprune.models.rar_sampling import guidance_scale_at, pick_tokens
-from memprune.models.rar_transformer import (
+from memprune.families.base import PositionGroup
+from memprune.families.rar.maskgit_vqgan import MaskGITVQGAN, MaskGITVQGANConfig
+from memprune.families.rar.maskgit_vqgan import init_random_ as init_tokenizer_
+from memprune.families.rar.model import RARModel, load_rar, rar_config_from_state_dict
+from memprune.families.rar.sampling import guidance_scale_at, pick_tokens
+from memprune.families.rar.transformer import (
     RAR_CONFIGS,
     RARConfig,
     RARTransformer,
     init_random_,
 )
 
-FIX = Path(__file__).resolve().parents[1] / "fixtures" / "rar"
+FIX = Path(__file__).resolve().parents[2] / "fixtures" / "rar"
 FIXTURE_CONFIG = RARConfig(hidden_size=96, depth=3, num_heads=4, mlp_hidden=384)
 SEED = 8675309
 # sha256 of the official fixture file rar.safetensors (its meta.json, "sha256").
@@ -207,7 +207,7 @@ def test_kv_cache_generation_equals_full_recompute(
 
 
 def test_kv_steps_match_one_shot_logits(model: RARModel, inputs: tuple[torch.Tensor, torch.Tensor]) -> None:
-    from memprune.models.rar_transformer import KVCache
+    from memprune.families.rar.transformer import KVCache
 
     tokens, labels = inputs
     t = model.transformer
