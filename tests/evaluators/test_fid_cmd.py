@@ -15,6 +15,7 @@ from memprune.cli import app
 from memprune.errors import MempruneError
 from memprune.evaluators import generation as G
 from memprune.io import save_safetensors
+from tests.families.fake_family import register_fake_family
 
 VAR_FID = G.SamplingSettings(1.5, 900, 0.96, 1.0, None, "VAR published FID setting (FoundationVision/VAR README)")
 
@@ -68,7 +69,12 @@ def test_published_settings_per_family():
         assert "nearest" not in s.source
     odd = G.published_settings(rar(1300))
     assert odd.cfg == 6.9 and "RAR-XL" in odd.source and "nearest" in odd.source
-    assert G.published_settings(SimpleNamespace(arch="other")).cfg == 0.0
+    # a family that declares no published setting samples conditionally; an unregistered one is refused
+    register_fake_family("unpublished", like="var", sampling=None)
+    plain = G.published_settings(SimpleNamespace(arch="unpublished"))
+    assert plain.cfg == 0.0 and "no published setting for unpublished" in plain.source
+    with pytest.raises(MempruneError, match="unknown architecture 'other'"):
+        G.published_settings(SimpleNamespace(arch="other"))
     over = G.with_overrides(var, cfg=2.0, top_k=None)
     assert over.cfg == 2.0 and over.top_k == 900 and "overridden: cfg=2.0" in over.source
     assert G.with_overrides(var) is var

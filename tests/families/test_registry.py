@@ -113,7 +113,7 @@ def test_a_family_without_a_declaration_fails_loudly():
     from memprune.data import ViewPipeline
     from memprune.families import get_family, register_family
 
-    register_family(replace(get_family("rar"), name="undeclared", display_name="undeclared", training_view=None, audit_view=None))
+    register_family(replace(get_family("rar"), name="undeclared", display_name="undeclared", required_keys=("undeclared.fake",), training_view=None, audit_view=None))
     with pytest.raises(MempruneError, match="undeclared family declares no training view"):
         ViewPipeline.for_arch("undeclared", 32)
     from memprune.evaluators.audit_candidates import canonical_view
