@@ -35,7 +35,8 @@ def read_var_state_dict(source: str | os.PathLike | Mapping[str, torch.Tensor], 
     A VAR training checkpoint (``{'trainer': {'var_wo_ddp': ..., 'vae_local': ...}}``) is unwrapped to the
     part named by ``what`` ("VAR checkpoint" or "tokenizer").
     """
-    sd: Mapping = read_state_dict(source, what)
+    # a training checkpoint file holds both networks: read the one asked for (the reader unwraps it)
+    sd: Mapping = read_state_dict(source, what, member="vae_local" if what == "tokenizer" else None)
     trainer = sd.get("trainer")
     if isinstance(trainer, Mapping):
         sd = trainer.get("vae_local" if what == "tokenizer" else "var_wo_ddp", sd)

@@ -70,6 +70,25 @@ def test_training_checkpoint_wrapper_is_unwrapped(var_sd, vae_sd):
     assert model.config.depth == 3
 
 
+def test_training_checkpoint_file_loads_like_its_dict(tmp_path, var_sd, vae_sd):
+    """ar-ckpt-best.pth: both networks in one file; the reader unwraps the one asked for (model: the generator)."""
+    from memprune.families.loading import load_model
+    from memprune.io import open_checkpoint
+
+    path = tmp_path / "ar-ckpt-best.pth"
+    torch.save({"epoch": 3, "iter": 7, "trainer": {"var_wo_ddp": var_sd, "vae_local": vae_sd}}, path)
+    with open_checkpoint(path) as ckpt:
+        assert set(ckpt.keys()) == set(var_sd) and ckpt.container == "trainer.var_wo_ddp"
+    with open_checkpoint(path, member="vae_local") as ckpt:
+        assert set(ckpt.keys()) == set(vae_sd) and ckpt.container == "trainer.vae_local"
+    from_file = load_var(path, path)
+    from_dicts = load_var(var_sd, vae_sd)
+    for (k, a), b in zip(from_file.state_dict().items(), from_dicts.state_dict().values(), strict=True):
+        assert torch.equal(a, b), k
+    model, digest = load_model(path, path, device="cpu", dtype="float32")  # what score/audit/fid call
+    assert model.arch == "var" and len(digest) == 64
+
+
 def test_explicit_patch_nums(var_sd, vae_sd):
     assert load_var(var_sd, vae_sd, patch_nums=[1, 2, 3, 4, 5, 6, 8, 10, 13, 16]).seq_len == 680
     with pytest.raises(MempruneError, match=r"patch_nums \(1, 2, 3, 4, 6, 9, 13, 18, 24, 32\) give 2240 tokens"):
