@@ -7,8 +7,6 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
-
 from memprune.errors import MempruneError
 from memprune.io import check_output, checkpoint_files, open_checkpoint, staged_file, write_safetensors_to
 from memprune.io.writer import read_safetensors_file

@@ -10,10 +10,10 @@ offered, and there is no runnable model: such a spec inspects and patches, it ca
 from __future__ import annotations
 
 import re
+from typing import TYPE_CHECKING
 
 from memprune.errors import MempruneError
 from memprune.families.spec import FamilySpec, LayerTemplate, UnitLayer
-from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from memprune.io import Checkpoint

@@ -30,6 +30,8 @@ import torch
 from torch import nn
 
 from memprune.errors import MempruneError
+from memprune.families.common import KVCache, load_into, pick_tokens
+from memprune.families.common import amp_dtype as _amp_dtype
 from memprune.families.base import IARModel, PositionGroup
 from memprune.families.llamagen.spec import SPEC
 from memprune.families.llamagen.transformer import (
@@ -40,10 +42,6 @@ from memprune.families.llamagen.transformer import (
 )
 from memprune.families.llamagen.vq import LlamaGenVQ, VQConfig, load_llamagen_vq
 from memprune.families.llamagen.vq import init_random_ as init_tokenizer_
-from memprune.families.rar.maskgit_vqgan import load_into
-from memprune.families.rar.model import _amp_dtype
-from memprune.families.rar.sampling import pick_tokens
-from memprune.families.rar.transformer import KVCache
 from memprune.families.state_dict import read_state_dict
 
 log = logging.getLogger(__name__)

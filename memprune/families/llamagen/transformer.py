@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from memprune.errors import MempruneError
-from memprune.families.rar.transformer import KVCache
+from memprune.families.common import KVCache
 
 _ROPE_BASE = 10000
 _NORM_EPS = 1e-5

@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from memprune.errors import MempruneError
-from memprune.families.rar.maskgit_vqgan import exact_fp32, load_into
+from memprune.families.common import exact_fp32, load_into
 from memprune.families.state_dict import read_state_dict
 
 

@@ -21,11 +21,10 @@ Behaviours of the official network that differ from a textbook VQGAN and are rep
 
 from __future__ import annotations
 
-import contextlib
 import math
 import os
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import torch
@@ -33,6 +32,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from memprune.errors import MempruneError
+from memprune.families.common import exact_fp32, load_into
 from memprune.families.state_dict import read_state_dict
 
 _GN_GROUPS = 32  # every GroupNorm of the official network has 32 groups (eps 1e-6, affine)
@@ -74,21 +74,6 @@ class MaskGITVQGANConfig:
     @property
     def num_tokens(self) -> int:
         return self.grid_size**2
-
-
-@contextlib.contextmanager
-def exact_fp32(device: torch.device) -> Iterator[None]:
-    """True float32 inside: autocast off and, on CUDA, TF32 off (restored afterwards).
-
-    TF32 convolutions (cuDNN's default) perturb latents by ~1e-3, enough to flip nearest-code choices.
-    """
-    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
-    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
-    try:
-        with torch.autocast(device.type, enabled=False):
-            yield
-    finally:
-        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
 
 
 def _conv(cin: int, cout: int, k: int, bias: bool) -> nn.Conv2d:
@@ -339,31 +324,6 @@ def maskgit_config_from_state_dict(sd: Mapping[str, torch.Tensor], resolution: i
         num_channels=int(sd["encoder.conv_in.weight"].shape[1]),
         resolution=resolution,
     )
-
-
-def load_into(module: nn.Module, sd: Mapping[str, torch.Tensor], what: str, assign: bool = False) -> None:
-    """Strictly load ``sd`` into ``module``; any missing/unexpected key or shape mismatch is a MempruneError.
-
-    ``assign=True`` makes the tensors of ``sd`` the parameters (no copy; needed for a module built on ``meta``).
-    """
-    own = module.state_dict()
-    missing = [k for k in own if k not in sd]
-    unexpected = [k for k in sd if k not in own]
-    if missing or unexpected:
-        parts = []
-        if missing:
-            parts.append(f"{len(missing)} missing (first: {missing[0]})")
-        if unexpected:
-            parts.append(f"{len(unexpected)} unexpected (first: {unexpected[0]})")
-        raise MempruneError(
-            f"{what} keys do not match the inferred architecture: {', '.join(parts)}; pass an unmodified official checkpoint"
-        )
-    for k, v in own.items():
-        if tuple(sd[k].shape) != tuple(v.shape):
-            raise MempruneError(
-                f"{what} tensor {k} has shape {tuple(sd[k].shape)}, expected {tuple(v.shape)} for this architecture"
-            )
-    module.load_state_dict({k: sd[k] for k in own}, strict=True, assign=assign)
 
 
 def load_maskgit_vqgan(

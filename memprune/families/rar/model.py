@@ -25,10 +25,11 @@ from torch import nn
 
 from memprune.errors import MempruneError
 from memprune.families.base import IARModel, PositionGroup
+from memprune.families.common import amp_dtype as _amp_dtype
+from memprune.families.common import load_into
 from memprune.families.rar.maskgit_vqgan import (
     MaskGITVQGAN,
     MaskGITVQGANConfig,
-    load_into,
     load_maskgit_vqgan,
 )
 from memprune.families.rar.maskgit_vqgan import init_random_ as init_tokenizer_
@@ -54,15 +55,6 @@ _OTHER_FAMILIES = (  # a key that identifies a checkpoint given in the wrong pla
     ("layers.0.feed_forward.w1.weight", "a LlamaGen checkpoint; use the LlamaGen loader"),
 )
 POSITIONS = ("last", "all")
-_AMP_DTYPES = (torch.bfloat16, torch.float16)
-
-
-def _amp_dtype(dtype: torch.dtype) -> torch.dtype | None:
-    if dtype == torch.float32:
-        return None
-    if dtype in _AMP_DTYPES:
-        return dtype
-    raise MempruneError(f"dtype {dtype} is not supported; use torch.float32, torch.bfloat16 or torch.float16")
 
 
 def rar_config_from_state_dict(sd: Mapping[str, torch.Tensor], num_heads: int | None = None) -> RARConfig:

@@ -8,9 +8,9 @@ ground-truth prefix (the extraction audit forces the first N tokens) and optiona
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
-from memprune.families.rar.transformer import KVCache, RARTransformer
+from memprune.families.common import KVCache, pick_tokens
+from memprune.families.rar.transformer import RARTransformer
 
 
 def guidance_scale_at(
@@ -28,37 +28,6 @@ def guidance_scale_at(
     pow_t = torch.ones(1, device=device) * power
     ramp = (1 - torch.cos(((step / seq_len) ** pow_t) * torch.pi)) * 1 / 2
     return (scale - 1) * ramp + 1
-
-
-def _filter_top_k_top_p(logits: torch.Tensor, top_k: int, top_p: float) -> torch.Tensor:
-    """Set logits outside the top-k / nucleus (top-p) sets to -inf; 0 disables either filter."""
-    if top_k > 0 and top_k < logits.shape[-1]:
-        kth = torch.topk(logits, top_k, dim=-1).values[..., -1:]
-        logits = logits.masked_fill(logits < kth, float("-inf"))
-    if 0.0 < top_p < 1.0:
-        sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
-        cum = sorted_logits.softmax(dim=-1).cumsum(dim=-1)
-        drop = cum - sorted_logits.softmax(dim=-1) >= top_p  # keep the smallest prefix whose mass reaches top_p
-        sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
-        logits = torch.full_like(logits, float("-inf")).scatter(-1, order, sorted_logits)
-    return logits
-
-
-def pick_tokens(
-    logits: torch.Tensor,
-    *,
-    temperature: float = 1.0,
-    greedy: bool = False,
-    top_k: int = 0,
-    top_p: float = 0.0,
-    generator: torch.Generator | None = None,
-) -> torch.Tensor:
-    """Next tokens [B, 1] from logits [B, V]: argmax when greedy, else softmax(logits / T) sampling."""
-    if greedy:
-        return logits.argmax(dim=-1, keepdim=True)
-    logits = _filter_top_k_top_p(logits / temperature, top_k, top_p)
-    probs = F.softmax(logits, dim=-1)
-    return torch.multinomial(probs, num_samples=1, generator=generator)
 
 
 @torch.no_grad()

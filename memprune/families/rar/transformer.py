@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from memprune.errors import MempruneError
+from memprune.families.common import KVCache
 
 _LN_EPS = 1e-6
 
@@ -92,34 +93,6 @@ RAR_CONFIGS: dict[str, RARConfig] = {
     "rar_xl": RARConfig(1280, 32, 16, 5120),
     "rar_xxl": RARConfig(1408, 40, 16, 6144),
 }
-
-
-class KVCache:
-    """Per-layer key/value buffers for incremental decoding, preallocated to ``max_len`` rows.
-
-    Held by the caller, not by the modules, so an exception can never leave a model in cached mode.
-    """
-
-    def __init__(self, depth: int, max_len: int):
-        self.max_len = max_len
-        self.length = 0  # rows already stored (identical for every layer between forward calls)
-        self._k: list[torch.Tensor | None] = [None] * depth
-        self._v: list[torch.Tensor | None] = [None] * depth
-
-    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Store new keys/values [B, H, N, hd] after the cached rows; return all rows so far."""
-        end = self.length + k.shape[2]
-        if end > self.max_len:
-            raise MempruneError(f"KV cache holds {self.max_len} rows, {end} requested: start a new cache")
-        if self._k[layer] is None:
-            shape = (k.shape[0], k.shape[1], self.max_len, k.shape[3])
-            self._k[layer] = k.new_empty(shape)
-            self._v[layer] = v.new_empty(shape)
-        kb, vb = self._k[layer], self._v[layer]
-        assert kb is not None and vb is not None
-        kb[:, :, self.length : end] = k
-        vb[:, :, self.length : end] = v
-        return kb[:, :, :end], vb[:, :, :end]
 
 
 class Attention(nn.Module):

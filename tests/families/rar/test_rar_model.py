@@ -19,7 +19,8 @@ from memprune.families.base import PositionGroup
 from memprune.families.rar.maskgit_vqgan import MaskGITVQGAN, MaskGITVQGANConfig
 from memprune.families.rar.maskgit_vqgan import init_random_ as init_tokenizer_
 from memprune.families.rar.model import RARModel, load_rar, rar_config_from_state_dict
-from memprune.families.rar.sampling import guidance_scale_at, pick_tokens
+from memprune.families.common import pick_tokens
+from memprune.families.rar.sampling import guidance_scale_at
 from memprune.families.rar.transformer import (
     RAR_CONFIGS,
     RARConfig,
@@ -207,7 +208,7 @@ def test_kv_cache_generation_equals_full_recompute(
 
 
 def test_kv_steps_match_one_shot_logits(model: RARModel, inputs: tuple[torch.Tensor, torch.Tensor]) -> None:
-    from memprune.families.rar.transformer import KVCache
+    from memprune.families.common import KVCache
 
     tokens, labels = inputs
     t = model.transformer
