@@ -11,7 +11,8 @@ def register_fake_family(name: str, like: str = "rar", **changes: object) -> Fam
     """A non-runnable spec named ``name`` with the views, prefixes and sampling of the real family ``like``."""
     if name in known_families():
         return known_families()[name]
-    # required_keys no checkpoint has: a fake family is never detected in place of the real one
-    fields = dict(name=name, display_name=name, loader=None, load_options=(), required_keys=(f"{name}.fake",))
+    # never detected in place of the real family: required keys no checkpoint has, no tokenizer signature
+    fields = dict(name=name, display_name=name, loader=None, load_options=(), required_keys=(f"{name}.fake",),
+                  tokenizer_detect=None)
     spec = replace(get_family(like), **(fields | changes))
     return register_family(spec)

@@ -55,7 +55,11 @@ def test_other_unit_kinds(tmp_path, kind, name):
     assert layers[1].name == name and layers[1].width == 16 and layers[1].out_columns is None
 
 
-def test_unknown_architecture_names_known_ones(tmp_path):
+def test_unknown_architecture_names_known_ones(tmp_path, monkeypatch):
+    import memprune.families.spec as spec_module
+
+    # only the released families (other test modules register fake ones in this process)
+    monkeypatch.setattr(spec_module, "_REGISTRY", {k: spec_module._REGISTRY[k] for k in ("var", "rar", "llamagen")})
     ckpt = _ckpt(tmp_path, {"encoder.weight": torch.ones(2, 2)})
     with pytest.raises(MempruneError, match="known: llamagen, rar, var.*--layers"):
         detect_adapter(ckpt)
@@ -113,7 +117,7 @@ def test_a_family_without_a_declaration_fails_loudly():
     from memprune.data import ViewPipeline
     from memprune.families import get_family, register_family
 
-    register_family(replace(get_family("rar"), name="undeclared", display_name="undeclared", required_keys=("undeclared.fake",), training_view=None, audit_view=None))
+    register_family(replace(get_family("rar"), name="undeclared", display_name="undeclared", required_keys=("undeclared.fake",), tokenizer_detect=None, training_view=None, audit_view=None))
     with pytest.raises(MempruneError, match="undeclared family declares no training view"):
         ViewPipeline.for_arch("undeclared", 32)
     from memprune.evaluators.audit_candidates import canonical_view
@@ -123,3 +127,16 @@ def test_a_family_without_a_declaration_fails_loudly():
         canonical_view(Image.new("RGB", (40, 40)), "undeclared", 32)
     with pytest.raises(MempruneError, match="unknown architecture 'dit'"):
         ViewPipeline.for_arch("dit", 32)
+
+
+def test_old_module_paths_are_aliases_of_the_family_modules():
+    """memprune.models.* and memprune.adapters keep working for existing code (same objects, not copies)."""
+    import memprune.families.llamagen.model as llamagen_model
+    from memprune.adapters import detect_adapter as old_detect
+    from memprune.families import detect_family
+    from memprune.families.llamagen import load_llamagen
+    from memprune.models.llamagen import load_llamagen as old_load
+    from memprune.models.var_checkpoint import read_var_state_dict
+
+    assert old_load is load_llamagen is llamagen_model.load_llamagen
+    assert old_detect is detect_family and read_var_state_dict.__module__ == "memprune.families.var.checkpoint"
