@@ -2,7 +2,7 @@
 
 The model is a small random RAR (official key layout, saved as the released ``.bin`` pickles) with a small
 MaskGIT-VQGAN tokenizer, so this checks the wiring of the commands on the second architecture; exactness of
-the RAR implementation itself is proven against the official fixture in tests/models/test_rar_model.py.
+the RAR implementation itself is proven against the official fixture in tests/families/rar/test_rar_model.py.
 """
 
 from __future__ import annotations
