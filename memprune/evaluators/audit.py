@@ -36,7 +36,6 @@ import torch
 
 from memprune.errors import MempruneError
 from memprune.evaluators.audit_candidates import (  # noqa: F401 - re-exported: the audit's public names
-    RAR_RANKED_PREDICTIONS,
     Candidate,
     Progress,
     canonical_view,

@@ -29,8 +29,6 @@ from memprune.errors import MempruneError
 from memprune.evaluators.audit_report import append_jsonl, read_jsonl
 from memprune.families.base import IARModel
 
-RAR_RANKED_PREDICTIONS = 99
-"""Raster models are ranked on their last 99 predictions (the attack's columns -100..-2 of 257)."""
 _INT = re.compile(r"-?\d+")
 
 Progress = Callable[[str, int, int], None]
@@ -195,11 +193,19 @@ def load_views(candidates: Sequence[Candidate], model: IARModel) -> torch.Tensor
 
 
 def ranked_positions(model: IARModel) -> slice:
-    """Logit rows the greedy-hit rate averages over: VAR the last scale, raster models the last 99 predictions."""
+    """Logit rows the greedy-hit rate averages over, as the family spec declares them (``ranked_predictions``):
+    VAR the last scale, raster models the last 99 predictions."""
+    from memprune.families import family_of
+
+    count = family_of(model).ranked_predictions
     bounds = model.valid_prefix_lengths()
-    if bounds is not None and len(bounds) >= 2:
+    if count == "last_scale":
+        if bounds is None or len(bounds) < 2:
+            raise MempruneError(f"{model.arch} ranks candidates on its last scale but the model has no scales")
         return slice(bounds[-2], bounds[-1])
-    return slice(max(0, model.seq_len - RAR_RANKED_PREDICTIONS), model.seq_len)
+    if not isinstance(count, int) or count < 1:
+        raise MempruneError(f"the {model.arch} family declares no ranked predictions: add them to its spec")
+    return slice(max(0, model.seq_len - count), model.seq_len)
 
 
 @torch.no_grad()

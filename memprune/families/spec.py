@@ -161,6 +161,7 @@ class FamilySpec:
     paper_prefix: int | None = None  # Kowalczuk et al. 2025, in prefix_unit
     robust_prefixes: tuple[int, ...] | None = None
     prefix_sweep: tuple[int, ...] | None = None  # `audit --sweep` grid
+    ranked_predictions: int | str | None = None  # logit rows of the greedy-hit rate: a count, or "last_scale"
     default_target: str = "fc1"  # patch target: rows of the fc1 template (SwiGLU: w3)
     layers_regex: str | None = None  # the generic spec: units are the weights this regex matches
 

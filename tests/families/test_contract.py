@@ -140,7 +140,7 @@ def test_family_contract(name, tmp_path, images):
     # the spec's declarations agree with the model and cover what the commands ask for
     assert spec.need("prefix_unit") == ("scales" if model.valid_prefix_lengths() is not None else "tokens")
     for field in ("training_view", "audit_view", "decode_note", "guidance", "paper_prefix", "robust_prefixes",
-                  "prefix_sweep", "tokenizer_name", "official_repo"):  # fmt: skip
+                  "prefix_sweep", "ranked_predictions", "tokenizer_name", "official_repo"):  # fmt: skip
         spec.need(field)
     assert spec.sampling is not None and spec.sampling(model).source
 

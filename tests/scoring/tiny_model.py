@@ -29,7 +29,8 @@ class _Block(nn.Module):
 
 
 # A fake model declares its family like a real one (raster prefixes and views).
-register_fake_family("tiny", like="var", prefix_unit="tokens", paper_prefix=30, robust_prefixes=(16, 30, 64))
+register_fake_family("tiny", like="var", prefix_unit="tokens", paper_prefix=30, robust_prefixes=(16, 30, 64),
+                     ranked_predictions=99)
 
 
 class TinyIAR(IARModel):

@@ -92,4 +92,5 @@ SPEC = register_family(FamilySpec(
     paper_prefix=30,
     robust_prefixes=(16, 30, 64),
     prefix_sweep=(0, 1, 5, 14, 30),
+    ranked_predictions=99,  # not in the attack code: RAR's setting, the last 99 predictions of the raster
 ))

@@ -81,4 +81,5 @@ SPEC = register_family(FamilySpec(
     paper_prefix=30,
     robust_prefixes=(16, 30, 64),
     prefix_sweep=(0, 1, 5, 14, 30),
+    ranked_predictions=99,  # the attack's columns -100..-2 of 257
 ))

@@ -63,4 +63,5 @@ SPEC = register_family(FamilySpec(
     paper_prefix=4,  # 4 scales = 30 tokens at 256 px
     robust_prefixes=(3, 4, 5),
     prefix_sweep=(0, 1, 2, 3, 4),
+    ranked_predictions="last_scale",  # candidates are ranked on the greedy-hit rate of the last scale
 ))
