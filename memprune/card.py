@@ -345,8 +345,10 @@ def _report_rows(report: EvalReport) -> dict[str, Any]:
 
 def _family_text(manifest: dict, attribute: str) -> str:
     """The family spec's display name or summary for the manifest's architecture (the name itself if unknown)."""
-    from memprune.families import generic_spec, known_families
+    from memprune.families import generic, known_families
 
     name = str(manifest.get("architecture"))
-    spec = generic_spec(".") if name == "generic" else known_families().get(name)
+    if name == generic.GENERIC:  # built from --layers, not registered
+        return generic.DISPLAY_NAME if attribute == "display_name" else generic.SUMMARY
+    spec = known_families().get(name)
     return str(getattr(spec, attribute)) if spec else name

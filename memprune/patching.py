@@ -150,7 +150,7 @@ def patch(
     top: str = "10%",
     factor: float = 0.5,
     scope: str = "global",
-    aggregate: str = "max",
+    aggregate: str | None = None,
     target: str | None = None,
     bias: bool = False,
     arch: str | None = None,
@@ -169,7 +169,9 @@ def patch(
         top: ``"10%"`` or a count.
         factor: multiplier for the selected slices (0 <= factor, != 1).
         scope: ``global`` ranking or top share per ``layer``.
-        aggregate: reduction over position groups (VAR scales): ``max``, ``mean`` or ``sum``.
+        aggregate: reduction over position groups (VAR scales): ``max``, ``mean`` or ``sum``; ``None`` takes the
+            score file's own ``info.aggregate`` (attribution and random scores are sums over groups), else ``max``
+            (UnitMem, as the paper ranks units).
         target: ``fc1`` (rows of the unit's weight; SwiGLU: w3 rows) or ``fc2`` (output-projection columns);
             ``None``: the family spec's ``default_target``.
         bias: also scale the unit's bias entry (``fc1`` target only).
@@ -189,6 +191,7 @@ def patch(
     ckpt_path = Path(checkpoint)
     out_path = None if dry_run else _check_outputs(_require(output), checkpoint, scores)
     score_set = scores if isinstance(scores, ScoreSet) else load_scores(scores)
+    aggregate = aggregate or _declared_aggregate(score_set)
     with open_checkpoint(checkpoint) as ckpt, ThreadPoolExecutor(1, "memprune-digest") as pool:
         adapter = detect_family(ckpt, arch, layers_regex)
         target = target or adapter.default_target
@@ -254,6 +257,16 @@ def _check_outputs(output: str | os.PathLike, checkpoint: str | os.PathLike, sco
     out = check_output(output, inputs, suffix=".safetensors")
     check_output(manifest_path_for(out), inputs, suffix=".manifest.json", what="manifest")
     return out
+
+
+def _declared_aggregate(score_set: ScoreSet) -> str:
+    """The reduction a score file asks for (``info.aggregate``), else UnitMem's ``max``."""
+    declared = (score_set.info or {}).get("aggregate") if isinstance(score_set.info, dict) else None
+    if declared is None:
+        return "max"
+    if declared not in ("max", "mean", "sum"):
+        raise MempruneError(f"the score file declares aggregate {declared!r}: pass --aggregate max, mean or sum")
+    return declared
 
 
 def _require(output: str | os.PathLike | None) -> str | os.PathLike:

@@ -13,15 +13,20 @@ from tiny_checkpoints import var_state_dict
 from memprune.io import save_safetensors
 
 
+_LOGGING_DEFAULTS = (logging.getLogger("memprune").level, warnings.showwarning)
+
+
 @pytest.fixture(autouse=True)
 def _isolated_cli_logging():
     """A CLI call configures the ``memprune`` logger (own handler, no propagation) and ``warnings.showwarning``
-    for the process; put both back so later tests (``caplog``, pytest's warning capture) see the defaults."""
-    logger = logging.getLogger("memprune")
-    state = (list(logger.handlers), logger.level, logger.propagate, warnings.showwarning)
+    for the process, also from module-scoped fixtures; after each test put back the state the session started
+    with, so later tests (``caplog``, pytest's warning capture) see the defaults."""
     yield
-    logger.handlers[:], logger.level, logger.propagate = state[0], state[1], state[2]
-    warnings.showwarning = state[3]
+    logger = logging.getLogger("memprune")
+    logger.handlers.clear()
+    logger.setLevel(_LOGGING_DEFAULTS[0])
+    logger.propagate = True
+    warnings.showwarning = _LOGGING_DEFAULTS[1]
 
 
 @pytest.fixture

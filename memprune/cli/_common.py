@@ -238,7 +238,7 @@ def handle_errors(fn: F) -> F:
             where = f" ({exc.filename})" if getattr(exc, "filename", None) else ""
             raise fail(f"{exc.strerror or exc}{where}: check the path, its permissions and the free disk space", 2, as_json) from None
         except KeyboardInterrupt:
-            raise fail("interrupted: no partial output was left behind", 130, as_json) from None
+            raise fail("interrupted: no half-written file was left behind (a run that can --resume keeps its progress)", 130, as_json) from None
 
     return wrapper  # type: ignore[return-value]
 

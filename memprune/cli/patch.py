@@ -49,7 +49,7 @@ def patch_cmd(
     top: Annotated[str, typer.Option("--top", help="Share (10%) or count (500) of units to patch.")] = "10%",
     factor: Annotated[float, typer.Option("--factor", help="Multiplier for the selected weights (0.5 halves them; 0 prunes).")] = 0.5,
     scope: Annotated[Literal["global", "layer"], typer.Option("--scope", help="global: rank all units together; layer: top share within each layer.")] = "global",
-    aggregate: Annotated[Literal["max", "mean", "sum"], typer.Option("--aggregate", help="Reduce multi-scale scores over scales.")] = "max",
+    aggregate: Annotated[Literal["max", "mean", "sum"] | None, typer.Option("--aggregate", help="Reduce multi-scale scores over scales (default: what the score file declares, e.g. sum for attribution; else max).")] = None,
     target: Annotated[Literal["fc1", "fc2"] | None, typer.Option("--target", help="fc1: scale the unit's weight rows (paper; the families' default); fc2: scale its output columns (exact).")] = None,
     bias: Annotated[bool, typer.Option("--bias", help="Also scale the unit's fc1 bias entry.")] = False,
     arch: Annotated[FamilyOrGeneric | None, typer.Option("--arch", help="Skip detection.")] = None,

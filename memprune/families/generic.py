@@ -19,6 +19,8 @@ if TYPE_CHECKING:
     from memprune.io import Checkpoint
 
 GENERIC = "generic"
+DISPLAY_NAME = "transformer"
+SUMMARY = "a transformer matched by a layer regex (--layers)"
 
 
 def generic_spec(layers: str) -> FamilySpec:
@@ -28,8 +30,8 @@ def generic_spec(layers: str) -> FamilySpec:
     _compile(layers)
     return FamilySpec(
         name=GENERIC,
-        display_name="transformer",
-        summary="a transformer matched by a layer regex (--layers)",
+        display_name=DISPLAY_NAME,
+        summary=SUMMARY,
         official_repo=None,
         required_keys=(),
         block_pattern="",

@@ -116,5 +116,5 @@ def test_ctrl_c_while_writing_leaves_nothing(tmp_path, monkeypatch):
 
     monkeypatch.setattr("memprune.io.writer._write_tensor", interrupted)
     res = CliRunner().invoke(app, ["patch", str(ckpt), "--scores", str(scores), "-o", str(out)])
-    assert res.exit_code == 130 and "no partial output was left behind" in res.output
+    assert res.exit_code == 130 and "no half-written file was left behind" in res.output
     assert not out.exists() and temporaries(tmp_path) == []
