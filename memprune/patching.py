@@ -25,7 +25,8 @@ from typing import Any
 import torch
 
 from memprune import __version__
-from memprune.adapters import UNIT_KINDS, Adapter, UnitLayer, detect_adapter
+from memprune.families import UNIT_KINDS, UnitLayer, detect_family
+from memprune.families import FamilySpec as Adapter
 from memprune.errors import MempruneError
 from memprune.io import (
     check_output,
@@ -150,7 +151,7 @@ def patch(
     factor: float = 0.5,
     scope: str = "global",
     aggregate: str | None = None,
-    target: str = "fc1",
+    target: str | None = None,
     bias: bool = False,
     arch: str | None = None,
     layers_regex: str | None = None,
@@ -171,7 +172,8 @@ def patch(
         aggregate: reduction over position groups (VAR scales): ``max``, ``mean`` or ``sum``; ``None`` takes the
             score file's own ``info.aggregate`` (attribution and random scores are sums over groups), else ``max``
             (UnitMem, as the paper ranks units).
-        target: ``fc1`` (rows of the unit's weight; SwiGLU: w3 rows) or ``fc2`` (output-projection columns).
+        target: ``fc1`` (rows of the unit's weight; SwiGLU: w3 rows) or ``fc2`` (output-projection columns);
+            ``None``: the family spec's ``default_target``.
         bias: also scale the unit's bias entry (``fc1`` target only).
         arch, layers_regex: override architecture detection / use the generic adapter.
         force: accept scores computed on another checkpoint.
@@ -191,7 +193,8 @@ def patch(
     score_set = scores if isinstance(scores, ScoreSet) else load_scores(scores)
     aggregate = aggregate or _declared_aggregate(score_set)
     with open_checkpoint(checkpoint) as ckpt, ThreadPoolExecutor(1, "memprune-digest") as pool:
-        adapter = detect_adapter(ckpt, arch, layers_regex)
+        adapter = detect_family(ckpt, arch, layers_regex)
+        target = target or adapter.default_target
         kind, layers = _unit_kind(adapter, ckpt, score_set)
         values = validate_scores(score_set, layers)
         agg, used = aggregate_groups(values, score_set.groups, aggregate, score_set.image_independent)

@@ -47,7 +47,7 @@ def test_assets_are_complete_and_consistent(assets) -> None:
 
 def test_bundled_weights_load_as_official_layout(assets) -> None:
     from memprune.inspection import inspect_checkpoint
-    from memprune.models.var import load_var
+    from memprune.families.var.model import load_var
 
     model = load_var(assets.var_path, assets.vae_path)
     assert (model.image_size, model.seq_len, model.num_classes, model.vocab_size) == (32, 130, 8, 512)
@@ -82,7 +82,7 @@ def test_training_quantizer_matches_inference_path(assets) -> None:
     spec = importlib.util.spec_from_file_location("train_demo_model", REPO / "examples" / "train_demo_model.py")
     train = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(train)
-    from memprune.models.var import load_var
+    from memprune.families.var.model import load_var
 
     model = load_var(assets.var_path, assets.vae_path)
     views = torch.stack([train.centre_view(Image.open(im.path).convert("RGB")) for im in assets.images[:6]])

@@ -8,6 +8,7 @@ from typing import Annotated, Literal
 import typer
 
 from memprune.cli import app
+from memprune.cli._common import Family
 from memprune.cli._common import (
     DeviceOpt,
     FormatOpt,
@@ -48,7 +49,7 @@ def attribute_cmd(
     from_token: Annotated[int, typer.Option("--from-token", help="Count only predictions of tokens from this index on (the part an attack with that prefix generates; VAR 3 scales = 14). 0 = all.")] = 0,
     batch_size: Annotated[int, typer.Option("--batch-size", help="Images per forward/backward.")] = 8,
     device: DeviceOpt = "cpu",
-    arch: Annotated[Literal["var", "rar", "llamagen"] | None, typer.Option("--arch", help="Skip architecture detection.")] = None,
+    arch: Annotated[Family | None, typer.Option("--arch", help="Skip architecture detection.")] = None,
     overwrite: OverwriteOpt = False,
     fmt: FormatOpt = OutputFormat.table,
     quiet: QuietOpt = False,

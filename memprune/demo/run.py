@@ -33,7 +33,7 @@ from memprune.demo.assets import DemoAssets, DemoImage, load_demo_assets
 from memprune.demo.mitigated import MITIGATE_FACTOR, MITIGATE_SHARE, RobustAudit, audit_more, build_mitigated
 from memprune.errors import MempruneError
 from memprune.mitigate.quality import heldout_nll  # noqa: F401  (re-exported)
-from memprune.models.base import IARModel
+from memprune.families.base import IARModel
 
 log = logging.getLogger(__name__)
 
@@ -215,7 +215,7 @@ def run_demo(
     from memprune.evaluators.audit_report import make_grid, save_extracted_images
     from memprune.io import checkpoint_sha256
     from memprune.io.paths import check_output_dir
-    from memprune.models.var import load_var
+    from memprune.families.var.model import load_var
     from memprune.patching import check_factor, patch
     from memprune.scoring.engine import score
     from memprune.scoring.report import build_report, write_report

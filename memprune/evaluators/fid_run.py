@@ -24,7 +24,7 @@ from memprune.evaluators.fid import PROTOCOL, FIDStats, compute_stats_for_folder
 from memprune.evaluators.inception import load_inception
 from memprune.evaluators.kid import DEFAULT_SUBSETS, kernel_inception_distance
 from memprune.io import write_json_atomic
-from memprune.models.loading import load_model, resolve_device
+from memprune.families.loading import load_model, resolve_device
 
 FID_SCHEMA = "memprune.fid/1"  # fields were only added since /1 (kid, warnings, baseline, change)
 COMPARE_SCHEMA = "memprune.fid-compare/1"

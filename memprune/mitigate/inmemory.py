@@ -14,9 +14,9 @@ from dataclasses import dataclass
 
 import torch
 
-from memprune.adapters.base import UnitLayer
+from memprune.families.spec import UnitLayer
 from memprune.errors import MempruneError
-from memprune.models.base import IARModel
+from memprune.families.base import IARModel
 from memprune.patching import TensorEdit, plan_edits, scale_slices
 from memprune.scores import ScoreSet, validate_scores
 from memprune.selection import Selection, aggregate_groups, parse_top, select_units

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from memprune.data import ImageRecord
-from memprune.models.base import IARModel
+from memprune.families.base import IARModel
 
 
 @torch.no_grad()

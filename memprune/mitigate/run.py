@@ -134,12 +134,12 @@ def mitigate(
         NothingToForget: nothing was extracted at baseline (the result is still written; the CLI exits 0).
         MempruneError: bad inputs or settings (before any model work where possible).
     """
-    from memprune.adapters import detect_adapter
+    from memprune.families import detect_family as detect_adapter
     from memprune.evaluators.audit_candidates import candidates_from_records, select_candidates
     from memprune.evaluators.conditions import default_conditions, paper_prefix, prefix_tokens
     from memprune.evaluators.multi_audit import ReferenceSet
     from memprune.io import open_checkpoint
-    from memprune.models.loading import load_model, resolve_device
+    from memprune.families.loading import load_model, resolve_device
 
     cfg = (config or MitigateConfig()).validated()
     say = progress or (lambda msg: log.info(msg))

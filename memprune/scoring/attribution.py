@@ -44,8 +44,8 @@ import torch.nn.functional as F
 
 from memprune.data import ImageRecord, check_labels, load_image, load_records
 from memprune.errors import MempruneError
-from memprune.models.base import IARModel
-from memprune.models.loading import load_model, resolve_device
+from memprune.families.base import IARModel
+from memprune.families.loading import load_model, resolve_device
 from memprune.scores import ScoreSet, save_scores
 from memprune.scoring.engine import _chunks, _layer_shapes, _prefetched
 from memprune.scoring.hooks import GroupCapture

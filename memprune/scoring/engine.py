@@ -37,8 +37,8 @@ from memprune.data import (
 )
 from memprune.errors import MempruneError
 from memprune.io import check_output, checkpoint_files
-from memprune.models.base import IARModel, PositionGroup
-from memprune.models.loading import load_model, resolve_device, resolve_dtype
+from memprune.families.base import IARModel, PositionGroup
+from memprune.families.loading import load_model, resolve_device, resolve_dtype
 from memprune.scores import ScoreSet, save_scores
 from memprune.scoring import distributed as D
 from memprune.scoring import resume as R
@@ -209,7 +209,7 @@ def _layer_shapes(model: IARModel, layers: Sequence[str]) -> dict[str, tuple[int
 
 def parse_layers(text: str | Sequence[str]) -> list[str]:
     """``fc1`` / ``fc1,fc2`` -> unit layer types (validated)."""
-    from memprune.adapters import UNIT_KINDS
+    from memprune.families import UNIT_KINDS
 
     items = [t.strip() for t in (text.split(",") if isinstance(text, str) else text) if t.strip()]
     bad = [t for t in items if t not in UNIT_KINDS]

@@ -24,8 +24,8 @@ PHOTOS = ("astronaut", "coffee", "chelsea", "rocket")
 
 
 def _tiny_var(vocab: int = 64, seed: int = 0):
-    from memprune.models.var import VARConfig, build_var_model
-    from memprune.models.vqvae import VQVAEConfig
+    from memprune.families.var.model import VARConfig, build_var_model
+    from memprune.families.var.vqvae import VQVAEConfig
 
     cfg = VARConfig(depth=2, width=64, num_heads=2, mlp_hidden=128, vocab_size=vocab, cvae=8, num_classes=3,
                     patch_nums=(1, 2, 4, 8))

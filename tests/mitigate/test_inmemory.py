@@ -6,12 +6,12 @@ from pathlib import Path
 
 import torch
 
-from memprune.adapters import detect_adapter
+from memprune.families import detect_family as detect_adapter
 from memprune.demo import load_demo_assets
 from memprune.io import open_checkpoint
 from memprune.mitigate.inmemory import applied, plan_point
 from memprune.mitigate.run import split_halves
-from memprune.models.var import load_var
+from memprune.families.var.model import load_var
 from memprune.patching import patch
 from memprune.scoring.attribution import random_score_set
 
