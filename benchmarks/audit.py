@@ -26,8 +26,8 @@ from PIL import Image
 
 from memprune.evaluators import audit as A
 from memprune.evaluators.sscd import load_sscd
-from memprune.models.var import VARConfig, build_var_model
-from memprune.models.vqvae import VQVAEConfig
+from memprune.families.var.model import VARConfig, build_var_model
+from memprune.families.var.vqvae import VQVAEConfig
 
 PHOTOS = ("astronaut", "chelsea", "coffee", "rocket", "hubble_deep_field", "immunohistochemistry", "retina", "cat")
 

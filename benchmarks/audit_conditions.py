@@ -22,7 +22,7 @@ from memprune.evaluators import load_sscd
 from memprune.evaluators.audit_candidates import Candidate
 from memprune.evaluators.conditions import default_conditions, prefix_tokens
 from memprune.evaluators.multi_audit import ReferenceSet, audit_conditions
-from memprune.models.var import load_var
+from memprune.families.var.model import load_var
 
 
 def main() -> None:

@@ -6,7 +6,7 @@
 
 Installs nothing and downloads nothing. Models are random (same shapes and cost as the releases): VAR-d16 and
 VAR-d30 with the full VQVAE, RAR-XXL with the MaskGIT-VQGAN tokenizer, LlamaGen-XXL (384 px) when
-``memprune.models.llamagen`` exists at run time (otherwise a note). Per model:
+``memprune.families.llamagen.model`` exists at run time (otherwise a note). Per model:
 
 * ``tf_fp32`` / ``tf_bf16``: teacher-forced images/s (random tokens, no tokenizer), exact fp32 vs bf16 autocast;
 * ``score_overhead``: ``score`` (PNG loading, hooks, statistics) over a bare encode + teacher-forced pass on the
@@ -59,7 +59,7 @@ def build(name: str, quick: bool, device: str) -> Any:
     if name.startswith("var"):
         if quick and name != "var-d16":
             raise Skip("quick: the tiny VAR stands in for every depth (measured as var-d16)")
-        from memprune.models.var import VARConfig, VQVAEConfig, build_var_model
+        from memprune.families.var.model import VARConfig, VQVAEConfig, build_var_model
 
         if quick:
             cfg = VARConfig(depth=2, width=64, num_heads=2, mlp_hidden=128, vocab_size=64, cvae=8, num_classes=4,
@@ -67,9 +67,9 @@ def build(name: str, quick: bool, device: str) -> Any:
             return build_var_model(cfg, VQVAEConfig(vocab_size=64, z_channels=8, ch=32, num_hit_scales=4), device=device)
         return build_var_model(VARConfig.release(int(name.split("-d")[1])), VQVAEConfig(), device=device)
     if name == "rar-xxl":
-        from memprune.models.maskgit_vqgan import MaskGITVQGANConfig
-        from memprune.models.rar import build_random_rar
-        from memprune.models.rar_transformer import RAR_CONFIGS, RARConfig
+        from memprune.families.rar.maskgit_vqgan import MaskGITVQGANConfig
+        from memprune.families.rar.model import build_random_rar
+        from memprune.families.rar.transformer import RAR_CONFIGS, RARConfig
 
         if quick:
             cfg = RARConfig(hidden_size=64, depth=2, num_heads=4, mlp_hidden=128, codebook_size=64, num_classes=4)
@@ -77,11 +77,11 @@ def build(name: str, quick: bool, device: str) -> Any:
             return build_random_rar(cfg, tok, device=device)
         return build_random_rar(RAR_CONFIGS["rar_xxl"], device=device)
     if name == "llamagen-xxl":
-        if importlib.util.find_spec("memprune.models.llamagen") is None:
-            raise Skip("no LlamaGen family in this memprune (memprune.models.llamagen missing)")
-        from memprune.models.llamagen import build_random_llamagen
-        from memprune.models.llamagen_transformer import LLAMAGEN_CONFIGS, LlamaGenConfig
-        from memprune.models.llamagen_vq import VQConfig
+        if importlib.util.find_spec("memprune.families.llamagen.model") is None:
+            raise Skip("no LlamaGen family in this memprune (memprune.families.llamagen.model missing)")
+        from memprune.families.llamagen.model import build_random_llamagen
+        from memprune.families.llamagen.transformer import LLAMAGEN_CONFIGS, LlamaGenConfig
+        from memprune.families.llamagen.vq import VQConfig
 
         if quick:
             cfg = LlamaGenConfig(dim=64, n_layer=2, n_head=4, ffn_hidden=128, vocab_size=64, num_classes=4)

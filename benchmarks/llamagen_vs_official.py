@@ -45,13 +45,13 @@ def _inputs(batch: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def make_weights(args: argparse.Namespace) -> None:
-    from memprune.models.llamagen_transformer import LLAMAGEN_CONFIGS, LlamaGenTransformer, init_random_
+    from memprune.families.llamagen.transformer import LLAMAGEN_CONFIGS, LlamaGenTransformer, init_random_
 
     model = init_random_(LlamaGenTransformer(LLAMAGEN_CONFIGS["GPT-B"]), torch.Generator().manual_seed(args.seed))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     torch.save({"model": model.state_dict()}, out / "c2i_B_256.pt")
-    from memprune.models.llamagen_vq import LlamaGenVQ, VQConfig
+    from memprune.families.llamagen.vq import LlamaGenVQ, VQConfig
 
     # A small VQ (only its codebook size matters to the generator workloads; the tokenizer is not timed).
     vq = LlamaGenVQ(VQConfig(ch=32, num_res_blocks=1, z_channels=32, codebook_size=VOCAB))
@@ -105,7 +105,7 @@ class _Official:
 
 class _Ours:
     def __init__(self, weights: Path) -> None:
-        from memprune.models.llamagen import load_llamagen
+        from memprune.families.llamagen.model import load_llamagen
 
         self.model = load_llamagen(weights / "c2i_B_256.pt", weights / "vq.pt")
 

@@ -2,7 +2,7 @@
 
 Measures what ``memprune score`` (teacher-forced passes with fc1 hooks) and ``memprune audit`` (greedy
 generation from a 30-token ground-truth prefix, then decoding) spend their time on. The weights are random
-(:func:`memprune.models.rar.build_random_rar`), which does not change the arithmetic cost.
+(:func:`memprune.families.rar.model.build_random_rar`), which does not change the arithmetic cost.
 
 Examples:
     python benchmarks/rar_forward.py --quick            # RAR-B on CPU, under ~3 minutes on 2 cores
@@ -20,8 +20,8 @@ from collections.abc import Callable
 
 import torch
 
-from memprune.models.rar import build_random_rar
-from memprune.models.rar_transformer import RAR_CONFIGS
+from memprune.families.rar.model import build_random_rar
+from memprune.families.rar.transformer import RAR_CONFIGS
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 

@@ -34,7 +34,7 @@ import torch
 from PIL import Image
 
 from memprune.data import ViewPipeline, load_records
-from memprune.models.var import VARConfig, VQVAEConfig, build_var_model
+from memprune.families.var.model import VARConfig, VQVAEConfig, build_var_model
 from memprune.scoring import score
 
 SMALL = VARConfig(depth=4, width=256, num_heads=4, mlp_hidden=1024, vocab_size=512, num_classes=10,
@@ -153,7 +153,7 @@ def memory(args: argparse.Namespace, data: Path) -> list[dict]:
 
 def vae_encoder_macs(resolution: int = 256) -> float:
     """Multiply-accumulates of the release VQVAE encoder + quant_conv at ``resolution``, counted by hooks."""
-    from memprune.models.vqvae import VQVAE
+    from memprune.families.var.vqvae import VQVAE
 
     with torch.device("meta"):
         vae = VQVAE(VQVAEConfig())

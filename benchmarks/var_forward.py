@@ -19,7 +19,7 @@ from collections.abc import Callable
 
 import torch
 
-from memprune.models.var import VARConfig, build_var_model
+from memprune.families.var.model import VARConfig, build_var_model
 
 
 def _sync(device: torch.device) -> None:

@@ -86,7 +86,7 @@ def _time(fn: Callable[[], object], repeats: int, cpu: list[float]) -> list[floa
 
 # ---------------------------------------------------------------------------------------------- make-weights
 def make_weights(args: argparse.Namespace) -> None:
-    from memprune.models.var import VARConfig, build_var_model
+    from memprune.families.var.model import VARConfig, build_var_model
 
     model = build_var_model(VARConfig.release(args.depth), seed=args.seed)
     if args.gamma_scale != 1.0:
@@ -168,7 +168,7 @@ class _Official:
 
 class _Ours:
     def __init__(self, weights: Path) -> None:
-        from memprune.models.var import load_var
+        from memprune.families.var.model import load_var
 
         self.model = load_var(weights / "var.pth", weights / "vae.pth")
         self.last_fhat: torch.Tensor | None = None

@@ -35,13 +35,6 @@ _AUDIT_METRICS = ("extracted", "candidates", "extracted_share", "extracted_vs_tr
 _HEADLINE = {"audit": ("extracted", "extracted_share"), "fid": ("fid",)}
 _BEFORE_KEYS = ("base", "before", "baseline", "original")
 _AFTER_KEYS = ("patched", "after", "model")
-_ARCH_NAMES = {
-    "var": "VAR (next-scale prediction, FoundationVision/VAR)",
-    "rar": "RAR (randomized autoregressive, bytedance/1d-tokenizer)",
-    "llamagen": "LlamaGen (class-conditional, FoundationVision/LlamaGen)",
-    "generic": "a transformer matched by a layer regex (generic adapter)",
-}
-_ARCH_SHORT = {"var": "VAR", "rar": "RAR", "llamagen": "LlamaGen", "generic": "transformer"}
 _UNIT_LAYERS = {
     "fc1": "FFN hidden units (the post-activation outputs of fc1)",
     "fc2": "FFN output channels (fc2)",
@@ -136,8 +129,11 @@ def load_report(path: Path, kind: str, digests: dict[str, str]) -> tuple[EvalRep
             if side and isinstance(counts, dict):
                 getattr(report, side).update(_numbers({k: counts.get(k) for k in _AUDIT_METRICS}))
         head, sscd = data.get("headline") or {}, data.get("sscd") or {}
-        report.settings = {k: v for k, v in {"threshold": head.get("threshold"), "SSCD": sscd.get("backend_id"),
-                                              "license": sscd.get("license")}.items() if v is not None}
+        conds = head.get("conditions") if isinstance(head.get("conditions"), list) else None
+        attack = f"{head['attack']} ({len(conds)} conditions: {', '.join(map(str, conds))})" if head.get("attack") and conds else None
+        report.settings = {k: v for k, v in {"attack": attack, "threshold": head.get("threshold"),
+                                              "SSCD": sscd.get("backend_id"), "license": sscd.get("license")}.items()
+                           if v is not None}
     elif kind == "fid" and isinstance(data.get("model"), dict) and "fid" in data:
         side = digests.get(data["model"].get("sha256"))
         if side:
@@ -273,8 +269,8 @@ def _context(manifest, repo_id, weights_name, reports, data, tokenizer) -> dict[
         "repo_id": repo_id,
         "weights_name": weights_name,
         "manifest_name": manifest_path_for(weights_name).name,
-        "arch": _ARCH_SHORT.get(str(manifest.get("architecture")), str(manifest.get("architecture"))),
-        "arch_name": _ARCH_NAMES.get(str(manifest.get("architecture")), str(manifest.get("architecture"))),
+        "arch": _family_text(manifest, "display_name"),
+        "arch_name": _family_text(manifest, "summary"),
         "unit_layer": _UNIT_LAYERS.get(str(manifest.get("unit_layer")), str(manifest.get("unit_layer"))),
         "sel": sel,
         "share": 100.0 * (sel.get("selected") or 0) / total if total else 0.0,
@@ -345,3 +341,14 @@ def _report_rows(report: EvalReport) -> dict[str, Any]:
     settings = ", ".join(f"{k} {v}" for k, v in report.settings.items() if k != "license" and not isinstance(v, (dict, list)))
     return {"kind": report.kind, "files": ", ".join(f"`{f}`" for f in report.files), "rows": rows, "settings": settings,
             "license": report.settings.get("license"), "caveat": sample_caveat(report)}
+
+
+def _family_text(manifest: dict, attribute: str) -> str:
+    """The family spec's display name or summary for the manifest's architecture (the name itself if unknown)."""
+    from memprune.families import generic, known_families
+
+    name = str(manifest.get("architecture"))
+    if name == generic.GENERIC:  # built from --layers, not registered
+        return generic.DISPLAY_NAME if attribute == "display_name" else generic.SUMMARY
+    spec = known_families().get(name)
+    return str(getattr(spec, attribute)) if spec else name

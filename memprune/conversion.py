@@ -7,14 +7,13 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
-
 from memprune.errors import MempruneError
 from memprune.io import check_output, checkpoint_files, open_checkpoint, staged_file, write_safetensors_to
 from memprune.io.writer import read_safetensors_file
 from memprune.io.names import stripped_names
 from memprune.io.pickles import unsafe_load_trusted
 from memprune.io.reader import _unwrap
+from memprune.verify import _same_bits  # verify's bit comparison: NaN payloads and -0.0 count
 
 log = logging.getLogger(__name__)
 
@@ -52,14 +51,9 @@ def convert(source: str | os.PathLike, output: str | os.PathLike, *, trust_pickl
     with staged_file(out) as staged:
         write_safetensors_to(staged.tmp, [(k, v.dtype, tuple(v.shape)) for k, v in tensors.items()], tensors.items(), meta)
         back = read_safetensors_file(staged.tmp)
-        bad = [k for k in tensors if k not in back or not _same(back[k], tensors[k])]
+        bad = [k for k in tensors if k not in back or not _same_bits(back[k], tensors[k])]
         if bad:
             raise MempruneError(f"round trip changed {bad[0]}: conversion aborted, nothing was written")
         staged.commit()
     return ConvertResult(out, len(tensors), fmt, trust_pickle)
 
-
-def _same(a: torch.Tensor, b: torch.Tensor) -> bool:
-    if a.dtype != b.dtype or a.shape != b.shape:
-        return False
-    return torch.equal(a.reshape(-1).view(torch.uint8), b.cpu().contiguous().reshape(-1).view(torch.uint8)) if a.numel() else True

@@ -43,7 +43,8 @@ from memprune.io.paths import check_input_file, shown
 if TYPE_CHECKING:
     from memprune.data import ImageRecord
 
-VIEW_KINDS = ("var", "rar", "center")
+VIEW_KINDS = ("var", "rar", "center")  # view recipes (named after the code they reproduce), not families
+_DEEP_GRAY_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I", "F")
 # load_image refuses every image over the pixel limit itself (below), so PIL's multi-line warning for images
 # between 1x and 2x the limit would only duplicate that error. A per-call catch_warnings is not thread-safe
 # (images load in a thread pool), hence this one narrow, process-wide filter.
@@ -51,7 +52,7 @@ warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
 
 
 def load_image(path: str | os.PathLike) -> Image.Image:
-    """Open an image fully and convert it to RGB.
+    """Open an image fully and convert it to 8-bit RGB (:func:`pil_to_rgb`): the one loader of scoring, audit and FID.
 
     Raises:
         MempruneError: naming the file when it is missing, not a regular file, not an image, truncated, or so
@@ -59,23 +60,50 @@ def load_image(path: str | os.PathLike) -> Image.Image:
     """
     p = Path(path)
     if not p.exists():
-        raise MempruneError(f"image {shown(p)} does not exist: fix the data list or restore the file")
+        raise MempruneError(f"image {shown(p)} not found: fix the data list or the path, or restore the file")
     check_input_file(p, "image")
     try:
         with Image.open(p) as img:
             _check_pixels(img, p)
             img.load()
-            if img.mode == "P" and "transparency" in img.info:
-                img = img.convert("RGBA")  # PIL warns on palette+transparency straight to RGB
-            return img.convert("RGB")
+            return pil_to_rgb(img)
     except FileNotFoundError:
-        raise MempruneError(f"image {shown(p)} does not exist: fix the data list or restore the file") from None
+        raise MempruneError(f"image {shown(p)} not found: fix the data list or the path, or restore the file") from None
     except Image.DecompressionBombError:
         raise _too_large(p) from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError) as exc:
         raise MempruneError(
             f"cannot read image {shown(p)} ({type(exc).__name__}: {str(exc)[:160]}): remove or replace the file"
         ) from None
+
+
+def pil_to_rgb(img: Image.Image) -> Image.Image:
+    """Convert a PIL image of any mode to 8-bit RGB.
+
+    Alpha (RGBA, LA, palette transparency) is composited onto white: dropping it would expose whatever colour
+    the transparent pixels happen to store. Integer modes deeper than 8 bits (``I;16*`` and ``I``, as 16-bit
+    PNG/TIFF files open) are scaled from 0..65535, where PIL's own ``convert`` would clip at 255; float mode ``F``
+    is read as ``[0, 1]``, or as ``[0, 255]`` when its maximum exceeds 1.
+    """
+    if img.mode in _DEEP_GRAY_MODES:
+        gray = _deep_gray_to_uint8(np.asarray(img), is_float=img.mode == "F")
+        return Image.fromarray(gray, mode="L").convert("RGB")
+    if img.mode == "P":  # PIL warns on palette+transparency straight to RGB
+        img = img.convert("RGBA") if "transparency" in img.info else img.convert("RGB")
+    if img.mode in ("RGBA", "LA", "PA", "La", "RGBa"):
+        rgba = img.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    return img if img.mode == "RGB" else img.convert("RGB")
+
+
+def _deep_gray_to_uint8(arr: np.ndarray, *, is_float: bool) -> np.ndarray:
+    values = np.nan_to_num(arr.astype(np.float64))
+    if is_float:
+        scale = 1.0 if values.size == 0 or values.max() <= 1.0 else 255.0
+    else:
+        scale = 65535.0
+    return np.round(np.clip(values / scale, 0.0, 1.0) * 255.0).astype(np.uint8)
 
 
 def _check_pixels(img: Image.Image, p: Path) -> None:
@@ -159,11 +187,12 @@ class ViewPipeline:
 
     @classmethod
     def for_arch(cls, arch: str, resolution: int, *, augment: bool = True, seed: int = 0) -> ViewPipeline:
-        """The training views of ``arch`` (var or rar; others fall back to var's), or the centre view."""
+        """The training views the family spec of ``arch`` declares (an undeclared one is an error), or the centre view."""
         if not augment:
             return cls("center", resolution, seed)
-        # LlamaGen trains on the same ten-crops of center_crop_arr(1.1 x) (extract_codes_c2i.py --ten-crop) as RAR.
-        return cls("rar" if arch in ("rar", "llamagen") else "var", resolution, seed)
+        from memprune.families import get_family
+
+        return cls(get_family(arch).need("training_view"), resolution, seed)
 
     def describe(self) -> str:
         res = self.resolution

@@ -17,13 +17,6 @@ from memprune.errors import MempruneError
 
 SCORE_KIND = "memprune.unitmem-scores"  # the ``memprune.kind`` metadata of score files (memprune.scores.KIND)
 
-# The tokenizer each family's released models were trained with (file names as published).
-TOKENIZER_FILES = {
-    "var": "the VAR VQVAE tokenizer vae_ch160v4096z32.pth (FoundationVision/var)",
-    "rar": "the MaskGIT-VQGAN tokenizer maskgit-vqgan-imagenet-f16-256.bin (fun-research/TiTok)",
-    "llamagen": "the LlamaGen VQ-16 tokenizer vq_ds16_c2i.pt (FoundationVision/LlamaGen)",
-}
-_FAMILY_NAMES = {"var": "VAR", "rar": "RAR", "llamagen": "LlamaGen"}
 
 
 @dataclass(frozen=True)
@@ -34,7 +27,7 @@ class FileKind:
     family: str | None = None
 
     def describe(self) -> str:
-        name = _FAMILY_NAMES.get(self.family or "", self.family or "")
+        name = _display_name(self.family)
         if self.kind == "scores":
             return "a memprune score file"
         if self.kind == "model":
@@ -52,22 +45,29 @@ def identify_keys(keys: Iterable[str], metadata: Mapping[str, str] | None = None
     tokenizer = _tokenizer_family(keys)
     if tokenizer is not None:
         return FileKind("tokenizer", tokenizer)
-    from memprune.adapters.base import _REGISTRY
+    from memprune.families import known_families
 
-    found = [name for name, cls in _REGISTRY.items() if name != "generic" and cls.detect(keys)]
+    found = [name for name, spec in known_families().items() if spec.detect(keys)]
     if len(found) == 1:
         return FileKind("model", found[0])
     return FileKind("unknown")
 
 
 def _tokenizer_family(keys: set[str]) -> str | None:
+    """The family whose spec recognises this VQ tokenizer (None: not a VQ tokenizer, or no single family)."""
     if not {"encoder.conv_in.weight", "quantize.embedding.weight"} <= keys:
         return None
-    if any(k.startswith("quantize.quant_resi.") for k in keys) or "quantize.ema_vocab_hit_SV" in keys:
-        return "var"  # multi-scale residual quantizer
-    if "quant_conv.weight" in keys or "quantize.codebook_used" in keys:
-        return "llamagen"  # VQ-16: 1x1 quant_conv to 8 channels
-    return "rar"  # MaskGIT-VQGAN: no quant_conv
+    from memprune.families import known_families
+
+    found = [n for n, spec in known_families().items() if spec.tokenizer_detect is not None and spec.tokenizer_detect(keys)]
+    return found[0] if len(found) == 1 else None
+
+
+def _display_name(family: str | None) -> str:
+    from memprune.families import known_families
+
+    spec = known_families().get(family or "")
+    return spec.display_name if spec else (family or "")
 
 
 def identify(path: str | os.PathLike) -> FileKind:
@@ -107,9 +107,12 @@ def not_a_model_message(path: str | os.PathLike, kind: FileKind) -> str | None:
 
 def tokenizer_mismatch_message(family: str, tokenizer: str | os.PathLike) -> str | None:
     """A model of ``family`` given another family's tokenizer (or a non-tokenizer): name the tokenizer it needs."""
+    from memprune.families import known_families
+
     kind = identify(tokenizer)
-    need = TOKENIZER_FILES.get(family)
-    name = _FAMILY_NAMES.get(family, family)
+    spec = known_families().get(family)
+    need = spec.tokenizer_name if spec else None
+    name = _display_name(family)
     if need is None or kind.kind == "unknown" or (kind.kind == "tokenizer" and kind.family == family):
         return None
     return f"{tokenizer} is {kind.describe()}, but this {name} model needs {need}: pass that file as --tokenizer"

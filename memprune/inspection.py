@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from memprune.adapters import detect_adapter
+from memprune.families import detect_family
 from memprune.io import open_checkpoint
 from memprune.manifest import read_manifest
 
@@ -36,7 +36,7 @@ class CheckpointInfo:
 def inspect_checkpoint(path: str | os.PathLike, *, arch: str | None = None, layers: str | None = None) -> CheckpointInfo:
     """Detect the architecture of a checkpoint and describe what memprune would touch."""
     with open_checkpoint(path) as ckpt:
-        adapter = detect_adapter(ckpt, arch, layers)
+        adapter = detect_family(ckpt, arch, layers)
         unit_layers = adapter.unit_layers(ckpt, "fc1")
         widths = sorted({u.width for u in unit_layers})
         touched = []

@@ -25,7 +25,8 @@ from typing import Any
 import torch
 
 from memprune import __version__
-from memprune.adapters import UNIT_KINDS, Adapter, UnitLayer, detect_adapter
+from memprune.families import UNIT_KINDS, UnitLayer, detect_family
+from memprune.families import FamilySpec as Adapter
 from memprune.errors import MempruneError
 from memprune.io import (
     check_output,
@@ -149,8 +150,8 @@ def patch(
     top: str = "10%",
     factor: float = 0.5,
     scope: str = "global",
-    aggregate: str = "max",
-    target: str = "fc1",
+    aggregate: str | None = None,
+    target: str | None = None,
     bias: bool = False,
     arch: str | None = None,
     layers_regex: str | None = None,
@@ -168,8 +169,11 @@ def patch(
         top: ``"10%"`` or a count.
         factor: multiplier for the selected slices (0 <= factor, != 1).
         scope: ``global`` ranking or top share per ``layer``.
-        aggregate: reduction over position groups (VAR scales): ``max``, ``mean`` or ``sum``.
-        target: ``fc1`` (rows of the unit's weight; SwiGLU: w3 rows) or ``fc2`` (output-projection columns).
+        aggregate: reduction over position groups (VAR scales): ``max``, ``mean`` or ``sum``; ``None`` takes the
+            score file's own ``info.aggregate`` (attribution and random scores are sums over groups), else ``max``
+            (UnitMem, as the paper ranks units).
+        target: ``fc1`` (rows of the unit's weight; SwiGLU: w3 rows) or ``fc2`` (output-projection columns);
+            ``None``: the family spec's ``default_target``.
         bias: also scale the unit's bias entry (``fc1`` target only).
         arch, layers_regex: override architecture detection / use the generic adapter.
         force: accept scores computed on another checkpoint.
@@ -187,8 +191,10 @@ def patch(
     ckpt_path = Path(checkpoint)
     out_path = None if dry_run else _check_outputs(_require(output), checkpoint, scores)
     score_set = scores if isinstance(scores, ScoreSet) else load_scores(scores)
+    aggregate = aggregate or _declared_aggregate(score_set)
     with open_checkpoint(checkpoint) as ckpt, ThreadPoolExecutor(1, "memprune-digest") as pool:
-        adapter = detect_adapter(ckpt, arch, layers_regex)
+        adapter = detect_family(ckpt, arch, layers_regex)
+        target = target or adapter.default_target
         kind, layers = _unit_kind(adapter, ckpt, score_set)
         values = validate_scores(score_set, layers)
         agg, used = aggregate_groups(values, score_set.groups, aggregate, score_set.image_independent)
@@ -251,6 +257,16 @@ def _check_outputs(output: str | os.PathLike, checkpoint: str | os.PathLike, sco
     out = check_output(output, inputs, suffix=".safetensors")
     check_output(manifest_path_for(out), inputs, suffix=".manifest.json", what="manifest")
     return out
+
+
+def _declared_aggregate(score_set: ScoreSet) -> str:
+    """The reduction a score file asks for (``info.aggregate``), else UnitMem's ``max``."""
+    declared = (score_set.info or {}).get("aggregate") if isinstance(score_set.info, dict) else None
+    if declared is None:
+        return "max"
+    if declared not in ("max", "mean", "sum"):
+        raise MempruneError(f"the score file declares aggregate {declared!r}: pass --aggregate max, mean or sum")
+    return declared
 
 
 def _require(output: str | os.PathLike | None) -> str | os.PathLike:

@@ -20,12 +20,6 @@ from memprune.errors import MempruneError
 from memprune.hub import SCHEME, _hub_errors
 from memprune.public import has_local_paths, public_command, public_report
 
-# Official tokenizers of the released models: a patch never touches the tokenizer, so the card points to these.
-DEFAULT_TOKENIZERS = {
-    "var": "hf://FoundationVision/var/vae_ch160v4096z32.pth",
-    "rar": "hf://fun-research/TiTok/maskgit-vqgan-imagenet-f16-256.bin",
-    "llamagen": "hf://FoundationVision/LlamaGen/vq_ds16_c2i.pt",
-}
 TOKENIZER_REF = "memprune_tokenizer.json"
 
 
@@ -162,7 +156,7 @@ def _tokenizer_files(manifest: dict[str, Any], given: str | None, include: bool,
 
     info = (manifest.get("scores") or {}).get("info") or {}
     recorded = manifest.get("tokenizer") or info.get("tokenizer")
-    ref = given or recorded or DEFAULT_TOKENIZERS.get(str(manifest.get("architecture")))
+    ref = given or recorded or _official_tokenizer(str(manifest.get("architecture")))
     if ref is None:
         if include:
             raise MempruneError("--include-tokenizer needs a tokenizer: pass --tokenizer PATH_OR_HF_URI")
@@ -316,3 +310,12 @@ def _network_errors(what: str) -> Iterator[None]:
         if type(exc).__module__.split(".")[0] in ("httpx", "httpcore", "httpx2"):
             raise MempruneError(f"{what}: network error ({type(exc).__name__}: {exc}): check the connection; a re-run resumes") from None
         raise
+
+
+def _official_tokenizer(arch: str) -> str | None:
+    """The official tokenizer of the family's released models (its spec's ``tokenizer_uri``): a patch never
+    touches the tokenizer, so the card points to it."""
+    from memprune.families import known_families
+
+    spec = known_families().get(arch)
+    return spec.tokenizer_uri if spec else None

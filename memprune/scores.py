@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from memprune import __version__
-from memprune.adapters.base import UnitLayer
+from memprune.families.spec import UnitLayer
 from memprune.errors import MempruneError
 from memprune.io import load_pickle, open_checkpoint, save_safetensors
 from memprune.io.paths import check_input_file, shown

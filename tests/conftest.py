@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+import warnings
 from pathlib import Path
 
 import pytest
@@ -9,6 +11,22 @@ import torch
 from tiny_checkpoints import var_state_dict
 
 from memprune.io import save_safetensors
+
+
+_LOGGING_DEFAULTS = (logging.getLogger("memprune").level, warnings.showwarning)
+
+
+@pytest.fixture(autouse=True)
+def _isolated_cli_logging():
+    """A CLI call configures the ``memprune`` logger (own handler, no propagation) and ``warnings.showwarning``
+    for the process, also from module-scoped fixtures; after each test put back the state the session started
+    with, so later tests (``caplog``, pytest's warning capture) see the defaults."""
+    yield
+    logger = logging.getLogger("memprune")
+    logger.handlers.clear()
+    logger.setLevel(_LOGGING_DEFAULTS[0])
+    logger.propagate = True
+    warnings.showwarning = _LOGGING_DEFAULTS[1]
 
 
 @pytest.fixture

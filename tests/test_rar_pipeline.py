@@ -2,7 +2,7 @@
 
 The model is a small random RAR (official key layout, saved as the released ``.bin`` pickles) with a small
 MaskGIT-VQGAN tokenizer, so this checks the wiring of the commands on the second architecture; exactness of
-the RAR implementation itself is proven against the official fixture in tests/models/test_rar_model.py.
+the RAR implementation itself is proven against the official fixture in tests/families/rar/test_rar_model.py.
 """
 
 from __future__ import annotations
@@ -16,9 +16,9 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from memprune.cli import app
-from memprune.models.maskgit_vqgan import MaskGITVQGANConfig
-from memprune.models.rar import build_random_rar
-from memprune.models.rar_transformer import RARConfig
+from memprune.families.rar.maskgit_vqgan import MaskGITVQGANConfig
+from memprune.families.rar.model import build_random_rar
+from memprune.families.rar.transformer import RARConfig
 
 runner = CliRunner()
 pytestmark = pytest.mark.slow

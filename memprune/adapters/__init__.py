@@ -1,22 +1,18 @@
-"""Architecture adapters: detection from state-dict keys and the location of FFN units."""
+"""Former name of the family registry; kept so that ``memprune.adapters`` imports keep working.
 
-from memprune.adapters import generic, llamagen, rar, var  # noqa: F401  (registration side effects)
-from memprune.adapters.base import (
-    UNIT_KINDS,
-    Adapter,
-    UnitLayer,
-    detect_adapter,
-    get_adapter,
-    known_adapters,
-    register_adapter,
-)
+Use :mod:`memprune.families`: ``detect_family`` returns the :class:`~memprune.families.spec.FamilySpec` that
+``detect_adapter`` returns here.
+"""
 
-__all__ = [
-    "UNIT_KINDS",
-    "Adapter",
-    "UnitLayer",
-    "detect_adapter",
-    "get_adapter",
-    "known_adapters",
-    "register_adapter",
-]
+import sys
+
+from memprune.families import spec as _spec
+from memprune.families.spec import UNIT_KINDS, UnitLayer
+from memprune.families.spec import FamilySpec as Adapter
+from memprune.families.spec import detect_family as detect_adapter
+from memprune.families.spec import get_family as get_adapter
+from memprune.families.spec import known_families as known_adapters
+
+__all__ = ["UNIT_KINDS", "Adapter", "UnitLayer", "detect_adapter", "get_adapter", "known_adapters"]
+
+sys.modules[f"{__name__}.base"] = _spec  # `from memprune.adapters.base import UnitLayer` keeps working

@@ -95,7 +95,7 @@ def _root(
 
 # Command modules register themselves on `app` when imported; a module that is not present yet is skipped,
 # so the CLI works while optional parts are being built.
-_COMMAND_MODULES = ("inspect", "patch", "convert", "score", "report", "audit", "fid", "demo", "hub", "mitigate", "attribute")
+_COMMAND_MODULES = ("inspect", "patch", "convert", "score", "report", "audit", "fid", "demo", "hub", "attribute", "mitigate")
 
 
 def _load_commands() -> None:

@@ -22,12 +22,17 @@ import sys
 import warnings
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
 import typer
 from rich.console import Console
 
 from memprune.errors import MempruneError
+from memprune.families import known_families  # the registry only: no torch
+
+# --arch choices come from the family registry; "generic" is the spec built from --layers (inspect, patch).
+Family = Literal[tuple(sorted(known_families()))]  # type: ignore[valid-type]
+FamilyOrGeneric = Literal[(*sorted(known_families()), "generic")]  # type: ignore[valid-type]
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -57,7 +62,7 @@ AllowPartialOpt = Annotated[bool, typer.Option("--allow-partial", help="Accept a
 
 def resolve_device(spec: str) -> Any:
     """``auto`` -> cuda when present, else cpu (imported lazily: torch is not loaded for ``--help``)."""
-    from memprune.models.loading import resolve_device as _resolve
+    from memprune.families.loading import resolve_device as _resolve
 
     return _resolve(spec)
 
@@ -233,7 +238,7 @@ def handle_errors(fn: F) -> F:
             where = f" ({exc.filename})" if getattr(exc, "filename", None) else ""
             raise fail(f"{exc.strerror or exc}{where}: check the path, its permissions and the free disk space", 2, as_json) from None
         except KeyboardInterrupt:
-            raise fail("interrupted: no partial output was left behind", 130, as_json) from None
+            raise fail("interrupted: no half-written file was left behind (a run that can --resume keeps its progress)", 130, as_json) from None
 
     return wrapper  # type: ignore[return-value]
 

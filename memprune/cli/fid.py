@@ -17,6 +17,7 @@ from rich.progress import (
 )
 
 from memprune.cli import app
+from memprune.cli._common import Family
 from memprune.cli._common import (
     DeviceOpt,
     FormatOpt,
@@ -68,7 +69,7 @@ def fid_cmd(
     kid_subsets: Annotated[int, typer.Option("--kid-subsets", help="KID subsets of up to 1,000 images (0 = no KID; needs a reference with feature rows).")] = 100,
     device: DeviceOpt = "auto",
     dtype: Annotated[Literal["float32", "bfloat16", "float16"], typer.Option("--dtype", help="Transformer precision.")] = "float32",
-    arch: Annotated[Literal["var", "rar", "llamagen"] | None, typer.Option("--arch", help="Skip architecture detection.")] = None,
+    arch: Annotated[Family | None, typer.Option("--arch", help="Skip architecture detection.")] = None,
     num_heads: Annotated[int | None, typer.Option("--num-heads", help="LlamaGen head count, for widths that are no release (not stored in the weights).")] = None,
     shard: Annotated[str | None, typer.Option("--shard", help="Sample only part i of n of the batches (i/n, from 0; --ref must be an .npz); combine the part folders with `memprune merge`.")] = None,
     overwrite: OverwriteOpt = False,
@@ -166,7 +167,7 @@ def fid_stats_cmd(
     from memprune.evaluators.fid import PROTOCOL, compute_stats_for_folder
     from memprune.evaluators.images import list_image_files
     from memprune.evaluators.inception import load_inception
-    from memprune.models.loading import resolve_device
+    from memprune.families.loading import resolve_device
 
     if output.suffix != ".npz":
         raise MempruneError(f"-o {output} must end in .npz (numpy statistics file with mu and sigma)")

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated
 
 import typer
 from rich.table import Table
 
 from memprune.cli import app
+from memprune.cli._common import FamilyOrGeneric
 from memprune.cli._common import (
     FormatOpt,
     OutputFormat,
@@ -32,7 +33,7 @@ from memprune.cli._common import (
 @handle_errors
 def inspect_cmd(
     checkpoint: Annotated[str, typer.Argument(help="Checkpoint: .safetensors, *.safetensors.index.json, .pth/.pt/.bin, or hf://OWNER/NAME/FILE.")],
-    arch: Annotated[Literal["var", "rar", "llamagen", "generic"] | None, typer.Option("--arch", help="Skip detection.")] = None,
+    arch: Annotated[FamilyOrGeneric | None, typer.Option("--arch", help="Skip detection.")] = None,
     layers: Annotated[str | None, typer.Option("--layers", help="Regex over weight names for the generic adapter.")] = None,
     fmt: FormatOpt = OutputFormat.table,
     quiet: QuietOpt = False,

@@ -9,6 +9,7 @@ import typer
 from rich.table import Table
 
 from memprune.cli import app
+from memprune.cli._common import FamilyOrGeneric
 from memprune.cli._common import (
     AllowPartialOpt,
     FormatOpt,
@@ -48,10 +49,10 @@ def patch_cmd(
     top: Annotated[str, typer.Option("--top", help="Share (10%) or count (500) of units to patch.")] = "10%",
     factor: Annotated[float, typer.Option("--factor", help="Multiplier for the selected weights (0.5 halves them; 0 prunes).")] = 0.5,
     scope: Annotated[Literal["global", "layer"], typer.Option("--scope", help="global: rank all units together; layer: top share within each layer.")] = "global",
-    aggregate: Annotated[Literal["max", "mean", "sum"], typer.Option("--aggregate", help="Reduce multi-scale scores over scales.")] = "max",
-    target: Annotated[Literal["fc1", "fc2"], typer.Option("--target", help="fc1: scale the unit's weight rows (paper); fc2: scale its output columns (exact).")] = "fc1",
+    aggregate: Annotated[Literal["max", "mean", "sum"] | None, typer.Option("--aggregate", help="Reduce multi-scale scores over scales (default: what the score file declares, e.g. sum for attribution; else max).")] = None,
+    target: Annotated[Literal["fc1", "fc2"] | None, typer.Option("--target", help="fc1: scale the unit's weight rows (paper; the families' default); fc2: scale its output columns (exact).")] = None,
     bias: Annotated[bool, typer.Option("--bias", help="Also scale the unit's fc1 bias entry.")] = False,
-    arch: Annotated[Literal["var", "rar", "llamagen", "generic"] | None, typer.Option("--arch", help="Skip detection.")] = None,
+    arch: Annotated[FamilyOrGeneric | None, typer.Option("--arch", help="Skip detection.")] = None,
     layers: Annotated[str | None, typer.Option("--layers", help="Regex over weight names for the generic adapter.")] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the plan; write nothing.")] = False,
     force: Annotated[bool, typer.Option("--force", help="Accept scores computed on another checkpoint.", rich_help_panel="Dangerous Options")] = False,

@@ -23,6 +23,7 @@ from rich.table import Table
 from rich.text import Text
 
 from memprune.cli import app
+from memprune.cli._common import Family
 from memprune.cli._common import (
     DeviceOpt,
     FormatOpt,
@@ -121,7 +122,7 @@ def score_cmd(
     resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted run from its last checkpoint.")] = False,
     checkpoint_every: Annotated[int, typer.Option("--checkpoint-every", help="Save the statistics every N images (0 = never).")] = 0,
     shard: Annotated[str | None, typer.Option("--shard", help="Score only part i of n (i/n, from 0); combine with `memprune merge`.")] = None,
-    arch: Annotated[Literal["var", "rar", "llamagen"] | None, typer.Option("--arch", help="Skip detection.")] = None,
+    arch: Annotated[Family | None, typer.Option("--arch", help="Skip detection.")] = None,
     workers: Annotated[int, typer.Option("--workers", help="Image-loading threads.")] = 2,
     num_heads: Annotated[int | None, typer.Option("--num-heads", help="LlamaGen head count, for widths that are no release (not stored in the weights).")] = None,
     overwrite: OverwriteOpt = False,

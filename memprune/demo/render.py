@@ -1,4 +1,4 @@
-"""Plain-text rendering of a :class:`~memprune.demo.run.DemoResult`: the before/after rows and a summary line.
+"""Plain-text rendering of a :class:`~memprune.demo.run.DemoResult`: the comparison rows and a summary.
 
 The CLI turns the rows into a rich table; tests and notebooks can use them as they are.
 """
@@ -9,56 +9,91 @@ import math
 
 from memprune.demo.run import DemoResult, ModelFigures
 
+TITLES = {"original": "original", "patched": "paper's recipe", "mitigated": "mitigate's choice",
+          "random": "random units (control)"}
 
-def _ratio(k: int, n: int) -> str:
-    return f"{k}/{n}" if n else "-"
+
+def _ratio(k: int | None, n: int) -> str:
+    return f"{k}/{n}" if n and k is not None else "-"
 
 
 def _num(x: float | None, digits: int = 3) -> str:
     return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.{digits}f}"
 
 
-def table_rows(result: DemoResult) -> list[tuple[str, str, str]]:
-    """``(measure, original, patched)`` rows of the before/after table."""
-    o, p = result.models["original"], result.models["patched"]
+def columns(result: DemoResult) -> list[str]:
+    """Model names in display order (original, paper's recipe, mitigate's choice, random control)."""
+    return [m for m in TITLES if m in result.models]
 
-    def row(label: str, fn) -> tuple[str, str, str]:
-        return label, fn(o), fn(p)
 
-    rows = [
-        row("extracted: duplicated images", lambda m: _ratio(m.extracted_duplicated, m.duplicated)),
-        row("extracted: images seen once", lambda m: _ratio(m.extracted_single, m.singles)),
-        row("extracted: all audited", lambda m: _ratio(m.extracted, m.candidates)),
-        row("mean SSCD cosine, duplicated", lambda m: _num(m.mean_similarity_duplicated)),
-        row("mean SSCD cosine, seen once", lambda m: _num(m.mean_similarity_single)),
-        row("held-out NLL (nats/token, lower = better)", lambda m: _num(m.heldout_nll)),
+def table_rows(result: DemoResult) -> list[tuple[str, ...]]:
+    """``(measure, value per model...)`` rows; the header is ``["measure", *TITLES[m] for m in columns]``."""
+    names = columns(result)
+    ms = [result.models[n] for n in names]
+    robust = result.robust
+
+    def row(label: str, fn) -> tuple[str, ...]:
+        return (label, *(fn(n, m) for n, m in zip(names, ms)))
+
+    rows = []
+    if robust is not None:
+        rows.append(row(f"multi-condition audit ({len(robust.conditions)} conditions): duplicated extracted",
+                        lambda n, m: _ratio(robust.extracted.get(n), len_dups(result))))
+        rows.append(row("  of them: selection half / check half",
+                        lambda n, m: f"{robust.selection.get(n, '-')}/{robust.selection_half} | "
+                                     f"{robust.check.get(n, '-')}/{robust.check_half}"))
+    rows += [
+        row("paper's audit (prefix 4 scales, greedy): duplicated extracted",
+            lambda n, m: _ratio(m.extracted_duplicated, m.duplicated)),
+        row("paper's audit: images seen once extracted", lambda n, m: _ratio(m.extracted_single, m.singles)),
+        row("mean SSCD cosine, duplicated (paper's audit)", lambda n, m: _num(m.mean_similarity_duplicated)),
+        row("held-out NLL (nats/token, lower = better)", lambda n, m: _num(m.heldout_nll)),
+        row("FFN units scaled", lambda n, m: str(_units(result, n))),
     ]
-    if any(m.fid is not None for m in result.models.values()):
-        rows.append(row("FID vs training images (lower = better)", lambda m: _num(m.fid, 2)))
-    rows.append(row("quality measure time (s)", lambda m: f"{m.seconds:.1f}"))
+    if any(m.fid is not None for m in ms):
+        rows.append(row("FID vs training images (lower = better)", lambda n, m: _num(m.fid, 2)))
     return rows
 
 
+def len_dups(result: DemoResult) -> int:
+    """Duplicated images in the multi-condition audit (all of them)."""
+    return int(result.settings.get("duplicated_total", 32))
+
+
+def _units(result: DemoResult, name: str) -> int:
+    if name == "original":
+        return 0
+    if name == "patched":
+        return result.patched_units
+    return result.robust.units if result.robust is not None else 0
+
+
 def summary_lines(result: DemoResult) -> list[str]:
-    """What was patched, how long each step took, and the verdict in one sentence."""
-    o, p = result.models["original"], result.models["patched"]
-    t = result.timings
-    s = result.settings
+    """What was patched, how long each step took, and the verdict."""
+    s, t = result.settings, result.timings
     lines = [
-        (f"patched {result.patched_units} of {result.total_units} FFN units (top {s['top']}, fc1 rows x "
-         f"{s['factor']}); UnitMem scored on {s['scoring_images']} training images"),
-        "time: " + ", ".join(f"{k} {v:.1f}s" for k, v in t.items()),
-        verdict(o, p),
+        (f"paper's recipe: UnitMem top {s['top']} of {result.total_units} FFN units, fc1 rows x {s['factor']}; "
+         f"UnitMem scored on {s['scoring_images']} training images"),
     ]
+    if result.robust is not None:
+        r = result.robust
+        lines.append(f"mitigate's choice: attribution on the selection half ({r.selection_half} of the {r.forget} images "
+                     f"the multi-condition audit extracted), top {s['mitigate_share']} ({r.units} units) x "
+                     f"{s['mitigate_factor']}; random control: {r.units} random units")
+        lines.append("multi-condition audit: " + ", ".join(r.conditions) + f" (paper's condition: {r.paper_condition})")
+    lines += ["time: " + ", ".join(f"{k} {v:.1f}s" for k, v in t.items()),
+              verdict(result.models["original"], result.models["patched"])]
+    if "mitigated" in result.models:
+        lines.append(verdict(result.models["original"], result.models["mitigated"], "mitigate's choice"))
     return lines + list(result.notes)
 
 
-def verdict(o: ModelFigures, p: ModelFigures) -> str:
-    """One sentence comparing extraction before and after, with the quality cost."""
+def verdict(o: ModelFigures, p: ModelFigures, what: str = "the paper's recipe") -> str:
+    """One sentence comparing extraction (paper's audit) before and after, with the quality cost."""
     if o.extracted == 0:
         return "the original model leaked nothing in this audit, so there was nothing to remove"
     change = p.extracted - o.extracted
     cost = p.heldout_nll - o.heldout_nll
-    what = "no change" if change == 0 else f"{abs(change)} {'fewer' if change < 0 else 'more'}"
-    return (f"extracted images: {o.extracted} before, {p.extracted} after patching ({what}); "
+    how = "no change" if change == 0 else f"{abs(change)} {'fewer' if change < 0 else 'more'}"
+    return (f"{what}: {o.extracted} extracted before, {p.extracted} after under the paper's audit ({how}); "
             f"held-out NLL changed by {cost:+.3f} nats/token")

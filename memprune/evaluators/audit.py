@@ -37,7 +37,6 @@ import torch
 
 from memprune.errors import MempruneError
 from memprune.evaluators.audit_candidates import (  # noqa: F401 - re-exported: the audit's public names
-    RAR_RANKED_PREDICTIONS,
     Candidate,
     Progress,
     canonical_view,
@@ -65,12 +64,12 @@ from memprune.evaluators.conditions import (  # noqa: F401 - re-exported
 )
 from memprune.evaluators.multi_audit import ReferenceSet, audit_conditions, model_facts
 from memprune.evaluators.sscd import COPY_THRESHOLD, SSCDBackend
-from memprune.models.base import IARModel
+from memprune.families import family_of
+from memprune.families.base import IARModel
 
 if TYPE_CHECKING:
     from memprune.scoring.distributed import DistInfo
 
-SWEEP = {"var": [0, 1, 2, 3, 4], "raster": [0, 1, 5, 14, 30]}
 """The attack's prefix grid (VAR scales 0..4 = 0/1/5/14/30 tokens; raster models the same token counts)."""
 
 
@@ -152,7 +151,7 @@ class AuditSettings:
         """Uncounted extra conditions of ``--sweep``: the attack's prefix grid with the first condition's decoding."""
         if not self.sweep:
             return []
-        grid = SWEEP["var"] if prefix_unit(model) == "scales" else SWEEP["raster"]
+        grid = family_of(model).need("prefix_sweep")
         first = counted[0]
         have = {c.key for c in counted}
         extra = [replace(first, prefix=p) for p in grid if p <= max_prefix(model)]

@@ -28,13 +28,11 @@ from PIL import Image
 from memprune.data import ImageRecord, check_labels, load_image, to_tensor
 from memprune.errors import MempruneError
 from memprune.evaluators.audit_report import append_jsonl, read_jsonl
-from memprune.models.base import IARModel
+from memprune.families.base import IARModel
 
 if TYPE_CHECKING:
     from memprune.scoring.distributed import DistInfo
 
-RAR_RANKED_PREDICTIONS = 99
-"""Raster models are ranked on their last 99 predictions (the attack's columns -100..-2 of 257)."""
 _INT = re.compile(r"-?\d+")
 
 Progress = Callable[[str, int, int], None]
@@ -106,7 +104,8 @@ def read_candidates(path: str | os.PathLike, data_root: str | os.PathLike | None
         if found is None or not found.is_file():
             missing.append(name)
             continue
-        out.append(Candidate(found, int(label), str(row.get("id") or name), hit, selected_by))
+        # Absolute, so that results.csv / candidates.csv written elsewhere still point at the image.
+        out.append(Candidate(found.absolute(), int(label), str(row.get("id") or name), hit, selected_by))
     if missing:
         where = " or ".join(str(r) for r in roots)
         raise MempruneError(
@@ -168,17 +167,23 @@ def select_top_per_class(scored: Sequence[Candidate], per_class: int) -> list[Ca
 def canonical_view(img: Image.Image, arch: str, size: int) -> torch.Tensor:
     """The attack's deterministic view of an RGB image as float ``[3, size, size]`` in [0, 1].
 
-    VAR: shorter side to ``round(1.125 * size)`` with LANCZOS, centre crop. Others (RAR): shorter side to
-    ``size`` with BICUBIC (PIL antialiases), centre crop, as torchvision's ``Resize`` + ``CenterCrop``.
-    LlamaGen (not covered by the attack code): the centre view of its training ten-crop, i.e. ADM's
-    ``center_crop_arr(int(1.1 * size))`` then the centre ``size`` crop (``extract_codes_c2i.py --ten-crop``).
+    The family spec declares it (:class:`memprune.families.AuditView`): VAR shorter side to
+    ``round(1.125 * size)`` with LANCZOS, centre crop; RAR shorter side to ``size`` with BICUBIC (PIL
+    antialiases), centre crop, as torchvision's ``Resize`` + ``CenterCrop``; LlamaGen (not covered by the attack
+    code) the centre view of its training ten-crop, ADM's ``center_crop_arr(int(1.1 * size))`` then the centre
+    ``size`` crop (``extract_codes_c2i.py --ten-crop``).
     """
-    if arch == "llamagen":
-        from memprune.data import ViewPipeline
+    from memprune.families import get_family
 
-        return ViewPipeline("rar", size).view(img, "", 0)  # ten-crop view 0 = the unflipped centre
-    short = round(1.125 * size) if arch == "var" else size
-    resample = Image.Resampling.LANCZOS if arch == "var" else Image.Resampling.BICUBIC
+    view = get_family(arch).need("audit_view")
+    if view.method == "center_crop_arr":  # = ten-crop view 0, the unflipped centre
+        from memprune.data_views import _center_crop_arr
+
+        big = _center_crop_arr(img, int(view.scale * size))
+        off = int(round((big.size[0] - size) / 2.0))
+        return to_tensor(big.crop((off, off, off + size, off + size)))
+    short = round(view.scale * size)
+    resample = Image.Resampling.LANCZOS if view.resample == "lanczos" else Image.Resampling.BICUBIC
     w, h = img.size
     if min(w, h) != short:  # torchvision Resize(int): the long side is truncated
         img = img.resize((short, int(short * h / w)) if w <= h else (int(short * w / h), short), resample=resample)
@@ -193,11 +198,19 @@ def load_views(candidates: Sequence[Candidate], model: IARModel) -> torch.Tensor
 
 
 def ranked_positions(model: IARModel) -> slice:
-    """Logit rows the greedy-hit rate averages over: VAR the last scale, raster models the last 99 predictions."""
+    """Logit rows the greedy-hit rate averages over, as the family spec declares them (``ranked_predictions``):
+    VAR the last scale, raster models the last 99 predictions."""
+    from memprune.families import family_of
+
+    count = family_of(model).ranked_predictions
     bounds = model.valid_prefix_lengths()
-    if bounds is not None and len(bounds) >= 2:
+    if count == "last_scale":
+        if bounds is None or len(bounds) < 2:
+            raise MempruneError(f"{model.arch} ranks candidates on its last scale but the model has no scales")
         return slice(bounds[-2], bounds[-1])
-    return slice(max(0, model.seq_len - RAR_RANKED_PREDICTIONS), model.seq_len)
+    if not isinstance(count, int) or count < 1:
+        raise MempruneError(f"the {model.arch} family declares no ranked predictions: add them to its spec")
+    return slice(max(0, model.seq_len - count), model.seq_len)
 
 
 @torch.no_grad()

@@ -20,7 +20,8 @@ from memprune.evaluators.audit import AuditSettings
 from memprune.evaluators.sscd import SSCD_LICENSE_NOTE
 from memprune.io import write_json_atomic
 from memprune.manifest import read_manifest
-from memprune.models.loading import load_model, resolve_device
+from memprune.families import family_of
+from memprune.families.loading import load_model, resolve_device
 from memprune.scoring.distributed import join, on_main
 
 CANDIDATES_CSV = "candidates.csv"
@@ -255,15 +256,8 @@ def checkpoint_info(path: Path, digest: str | None) -> dict[str, Any]:
 
 
 def _view_note(model: Any) -> str:
-    size = model.image_size
-    if model.arch == "var":
-        return f"shorter side {round(1.125 * size)} (LANCZOS) + centre crop {size}"
-    if model.arch == "llamagen":
-        return f"center_crop_arr({int(1.1 * size)}) + centre crop {size} (the training ten-crop's centre view)"
-    return f"shorter side {size} (BICUBIC) + centre crop {size}"
+    return family_of(model).need("audit_view").describe(model.image_size)
 
 
 def _decode_note(model: Any) -> str:
-    if model.arch == "var":
-        return "VQVAE decode of the full-resolution f_hat (same_shape=True), not the attack's same_shape=False path"
-    return "tokenizer decode"
+    return str(family_of(model).need("decode_note"))

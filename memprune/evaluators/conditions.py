@@ -32,14 +32,10 @@ from dataclasses import dataclass
 from typing import Literal
 
 from memprune.errors import MempruneError
-from memprune.models.base import IARModel
+from memprune.families.base import IARModel
 
 Attack = Literal["robust", "paper"]
 ATTACKS: tuple[str, ...] = ("robust", "paper")
-PAPER_PREFIX = {"var": 4}
-"""The paper's prefix per family in the family's unit (VAR: scales); every raster family: 30 tokens."""
-PAPER_RASTER_PREFIX = 30
-ROBUST_PREFIXES = {"scales": (3, 4, 5), "tokens": (16, 30, 64)}
 ROBUST_SEEDS = (0, 1, 2)
 ROBUST_CFGS = (0.0,)
 
@@ -108,8 +104,10 @@ class AttackCondition:
 
 # ---------------------------------------------------------------------------------------------- family facts
 def prefix_unit(model: IARModel) -> str:
-    """``scales`` for next-scale models (VAR), ``tokens`` for raster models."""
-    return "scales" if model.valid_prefix_lengths() is not None else "tokens"
+    """``scales`` for next-scale models (VAR), ``tokens`` for raster models, as the family spec declares it."""
+    from memprune.families import family_of
+
+    return str(family_of(model).need("prefix_unit"))
 
 
 def max_prefix(model: IARModel) -> int:
@@ -134,14 +132,17 @@ def prefix_tokens(model: IARModel, prefix: int) -> int:
 
 
 def paper_prefix(model: IARModel) -> int:
-    """The paper's prefix: VAR 4 scales (30 tokens), others 30 tokens."""
-    return PAPER_PREFIX.get(model.arch, PAPER_RASTER_PREFIX)
+    """The paper's prefix, as the family spec declares it: VAR 4 scales (30 tokens), raster families 30 tokens."""
+    from memprune.families import family_of
+
+    return int(family_of(model).need("paper_prefix"))
 
 
 def robust_prefixes(model: IARModel) -> list[int]:
     """The robust grid's prefixes for ``model``, clipped to what its sequence allows (see the module docstring)."""
-    unit = prefix_unit(model)
-    grid = ROBUST_PREFIXES[unit]
+    from memprune.families import family_of
+
+    grid = family_of(model).need("robust_prefixes")
     limit = max_prefix(model)
     # A prefix as long as the whole sequence forces the image: it would count every candidate as extracted.
     kept = [p for p in grid if p < limit]

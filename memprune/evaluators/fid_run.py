@@ -25,7 +25,7 @@ from memprune.evaluators.fid import PROTOCOL, FIDStats, compute_stats_for_folder
 from memprune.evaluators.inception import load_inception
 from memprune.evaluators.kid import DEFAULT_SUBSETS, kernel_inception_distance
 from memprune.io import write_json_atomic
-from memprune.models.loading import load_model, resolve_device
+from memprune.families.loading import load_model, resolve_device
 from memprune.scoring.distributed import join, shard_batches
 
 FID_SCHEMA = "memprune.fid/1"  # fields were only added since /1 (kid, warnings, baseline, change)
@@ -260,7 +260,8 @@ def fid_compare(
         if p.is_file() and p.suffix != ".npz":
             raise MempruneError(f"{p} is neither a folder of images nor an .npz statistics file")
     say = progress or (lambda done, total, phase: None)
-    net = load_inception(inception_spec, device=resolve_device(device)) if any(p.is_dir() for p in paths) else None
+    device = resolve_device(device)
+    net = load_inception(inception_spec, device=device) if any(p.is_dir() for p in paths) else None
     stats: list[FIDStats] = []
     started = time.perf_counter()
     for k, p in enumerate(paths):
@@ -271,7 +272,8 @@ def fid_compare(
     value = frechet_distance(stats[0], stats[1])
     kid = None
     if kid_subsets > 0 and stats[0].features is not None and stats[1].features is not None:
-        kid = kernel_inception_distance(stats[0].features, stats[1].features, subsets=kid_subsets, seed=seed)
+        kid = kernel_inception_distance(stats[0].features, stats[1].features, subsets=kid_subsets, seed=seed,
+                                        device=device)
     warnings = [w for w in (small_sample_warning(s.num_images) for s in stats if s.num_images) if w][:1]
     if kid is None and kid_subsets > 0:
         warnings.append("KID not computed: a side has no feature rows (pytorch-fid .npz files keep only mu/sigma)")

@@ -1,7 +1,7 @@
 """Class-conditional image generation for FID, with each family's published evaluation settings.
 
 The published FIDs were computed with 50 images per class and these sampling settings (reference notes,
-``extraction_audit.md`` section 5):
+``extraction_audit.md`` section 5), declared by each family's spec (``memprune/families/<name>/spec.py``):
 
 * VAR d16..d36: ``cfg=1.5, top_p=0.96, top_k=900`` (VAR's guidance weight, ramped over the scales), no
   temperature (FoundationVision/VAR README).
@@ -38,7 +38,7 @@ from memprune.errors import MempruneError
 from memprune.evaluators.fid import FeatureStatsAccumulator, FIDStats, frechet_distance
 from memprune.evaluators.inception import FIDInceptionV3
 from memprune.evaluators.kid import DEFAULT_SUBSETS, KIDResult, kernel_inception_distance
-from memprune.models.base import IARModel
+from memprune.families.base import IARModel
 
 if TYPE_CHECKING:
     from memprune.scoring.distributed import DistInfo
@@ -70,37 +70,15 @@ class SamplingSettings:
         return asdict(self)
 
 
-VAR_FID = SamplingSettings(1.5, 900, 0.96, 1.0, None, "VAR published FID setting (FoundationVision/VAR README)")
-RAR_FID = {  # width -> (release, temperature, guidance scale, guidance power); bytedance/1d-tokenizer README_RAR.md
-    768: ("RAR-B", 1.0, 16.0, 2.75),
-    1024: ("RAR-L", 1.02, 15.5, 2.5),
-    1280: ("RAR-XL", 1.02, 6.9, 1.5),
-    1408: ("RAR-XXL", 1.02, 8.0, 1.2),
-}
-
-LLAMAGEN_FID = {  # width -> (release, guidance scale); FoundationVision/LlamaGen GETTING_STARTED.md (384 px runs)
-    768: ("LlamaGen-B", 2.0), 1024: ("LlamaGen-L", 2.0), 1280: ("LlamaGen-XL", 1.75),
-    1536: ("LlamaGen-XXL", 1.75), 3200: ("LlamaGen-3B", 1.65),
-}  # fmt: skip
-
-
 def published_settings(model: IARModel) -> SamplingSettings:
-    """The family's published FID sampling settings for ``model`` (see the module docstring)."""
-    if model.arch == "var":
-        return VAR_FID
-    if model.arch == "rar":
-        width = _rar_width(model)
-        nearest = min(RAR_FID, key=lambda w: abs(w - width))
-        name, temperature, scale, power = RAR_FID[nearest]
-        note = "" if nearest == width else f"; width {width} is no release, nearest is {name}"
-        return SamplingSettings(scale, 0, 0.0, temperature, power, f"{name} published FID setting (README_RAR.md){note}")
-    if model.arch == "llamagen":
-        width = model.transformer.config.dim  # type: ignore[attr-defined]
-        nearest = min(LLAMAGEN_FID, key=lambda w: abs(w - width))
-        name, scale = LLAMAGEN_FID[nearest]
-        note = "" if nearest == width else f"; width {width} is no release, nearest is {name}"
-        return SamplingSettings(scale, 0, 0.0, 1.0, None, f"{name} published FID setting (GETTING_STARTED.md, 384 px){note}")
-    return SamplingSettings(0.0, source=f"no published setting for {model.arch}: conditional sampling, set --cfg etc.")
+    """The family's published FID sampling settings for ``model``, as its spec declares them."""
+    from memprune.families import family_of
+
+    spec = family_of(model)
+    if spec.sampling is None:
+        return SamplingSettings(0.0, source=f"no published setting for {spec.display_name}: conditional sampling, set --cfg etc.")
+    p = spec.sampling(model)
+    return SamplingSettings(p.cfg, p.top_k, p.top_p, p.temperature, p.cfg_pow, p.source)
 
 
 def with_overrides(base: SamplingSettings, **flags: float | int | None) -> SamplingSettings:
@@ -314,11 +292,3 @@ def _save_pngs(images: torch.Tensor, labels: torch.Tensor, offset: int, folder: 
     arr = images.permute(0, 2, 3, 1).cpu().numpy()
     for k, (img, label) in enumerate(zip(arr, labels.tolist())):
         Image.fromarray(img).save(folder / f"{offset + k:06d}_class{label}.png")
-
-
-def _rar_width(model: IARModel) -> int:
-    config = getattr(getattr(model, "transformer", None), "config", None)
-    width = getattr(config, "hidden_size", None)
-    if width is None:
-        raise MempruneError("cannot read the RAR model width to pick its published FID setting: pass --cfg and --cfg-pow")
-    return int(width)

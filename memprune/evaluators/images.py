@@ -7,7 +7,7 @@ floats, so a PIL image, a uint8 array and a float tensor holding the same pixels
 Accepted inputs (:data:`ImageInput`):
 
 * ``torch.Tensor`` float ``[B, C, H, W]`` or ``[C, H, W]`` in ``[0, 1]`` (C = 1, 3 or 4); uint8 tensors in
-  ``[0, 255]``. This is what :meth:`memprune.models.base.IARModel.decode` returns.
+  ``[0, 255]``. This is what :meth:`memprune.families.base.IARModel.decode` returns.
 * ``numpy.ndarray`` in channel-last layout: ``[H, W]``, ``[H, W, C]`` or ``[B, H, W, C]``; uint8 (0-255),
   uint16 (0-65535), bool, or float in ``[0, 1]``.
 * ``PIL.Image.Image`` of any mode (grayscale, RGBA, palette, 16-bit, CMYK, ...), or a path to an image file.
@@ -15,7 +15,9 @@ Accepted inputs (:data:`ImageInput`):
 
 Colour handling: grayscale is repeated to three channels; an alpha channel is composited onto a white
 background (dropping it would expose whatever colour transparent pixels happen to store); 16-bit and
-32-bit integer images are scaled from 0..65535, not clipped at 255 as ``PIL.Image.convert`` would do.
+32-bit integer images are scaled from 0..65535, not clipped at 255 as ``PIL.Image.convert`` would do. Files
+and PIL images go through :func:`memprune.data_views.load_image` / ``pil_to_rgb``, the loader that scoring
+and the audit use too, so one file gives the same pixels everywhere.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from memprune.data_views import load_image, pil_to_rgb  # the one image loader (re-exported here)
 from memprune.errors import MempruneError
 from memprune.io import atomic_write
 
@@ -42,7 +45,6 @@ IMAGE_EXTENSIONS: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".
 """File suffixes (lower case) that :func:`list_image_files` picks up."""
 
 _WHITE = 1.0
-_SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
 
 
 def list_image_files(folder: str | os.PathLike, recursive: bool = True) -> list[Path]:
@@ -68,51 +70,6 @@ def list_image_files(folder: str | os.PathLike, recursive: bool = True) -> list[
             f"no image files ({', '.join(IMAGE_EXTENSIONS)}) found in {str(root)!r}; check the path or the file suffixes"
         )
     return files
-
-
-def load_image(path: str | os.PathLike) -> Image.Image:
-    """Open an image file and return it as an 8-bit RGB PIL image (see :func:`pil_to_rgb`).
-
-    Raises:
-        MempruneError: If the file is missing or is not an image PIL can read.
-    """
-    try:
-        with Image.open(path) as img:
-            img.load()
-            return pil_to_rgb(img)
-    except FileNotFoundError:
-        raise MempruneError(f"image file {str(path)!r} not found; check the path") from None
-    except (OSError, ValueError, Image.DecompressionBombError) as exc:
-        raise MempruneError(f"cannot read image {str(path)!r} ({exc}); pass a PNG/JPEG/... file") from None
-
-
-def pil_to_rgb(img: Image.Image) -> Image.Image:
-    """Convert a PIL image of any mode to 8-bit RGB.
-
-    Integer modes deeper than 8 bits (``I;16*`` and ``I``, as 16-bit PNG/TIFF files open) are scaled from
-    0..65535; float mode ``F`` is read as ``[0, 1]``, or as ``[0, 255]`` when its maximum exceeds 1. Alpha
-    (RGBA, LA, palette transparency) is composited onto white.
-    """
-    if img.mode in _SIXTEEN_BIT_MODES or img.mode == "F":
-        gray = _deep_gray_to_uint8(np.asarray(img), is_float=img.mode == "F")
-        return Image.fromarray(gray, mode="L").convert("RGB")
-    if img.mode == "P":
-        img = img.convert("RGBA") if "transparency" in img.info else img.convert("RGB")
-    if img.mode in ("RGBA", "LA", "PA", "La", "RGBa"):
-        rgba = img.convert("RGBA")
-        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        return Image.alpha_composite(background, rgba).convert("RGB")
-    return img if img.mode == "RGB" else img.convert("RGB")
-
-
-def _deep_gray_to_uint8(arr: np.ndarray, *, is_float: bool) -> np.ndarray:
-    """Scale a 16/32-bit integer or float gray image to uint8 (PIL's own convert would clip at 255)."""
-    values = np.nan_to_num(arr.astype(np.float64))
-    if is_float:
-        scale = 1.0 if values.size == 0 or values.max() <= 1.0 else 255.0
-    else:
-        scale = 65535.0
-    return np.round(np.clip(values / scale, 0.0, 1.0) * 255.0).astype(np.uint8)
 
 
 def to_float_images(images: ImageInput) -> list[torch.Tensor]:

@@ -29,7 +29,7 @@ from memprune.evaluators.audit_candidates import Candidate, check_unique, load_v
 from memprune.evaluators.audit_report import cosine_distribution
 from memprune.evaluators.conditions import AttackCondition, prefix_tokens
 from memprune.evaluators.sscd import COPY_THRESHOLD, SSCDBackend, SSCDEmbeddings
-from memprune.models.base import IARModel
+from memprune.families.base import IARModel
 
 SEED_STRIDE = 1_000_003
 """Sampled batch starting at candidate ``i`` uses ``seed + SEED_STRIDE * i``."""

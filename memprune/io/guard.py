@@ -50,6 +50,8 @@ def check_output(
     out = Path(path)
     if str(path).startswith("hf://"):
         raise MempruneError(f"{what} {path} is a Hub reference: write to a local file, then `memprune push` it")
+    if out.is_dir():  # said first: "is a folder" tells more than "must end in .safetensors"
+        raise MempruneError(f"{what} {out} is a folder: give a file path such as {out / ('model' + _first(suffix, '.out'))}")
     if suffix is not None:
         allowed = (suffix,) if isinstance(suffix, str) else tuple(suffix)
         if not out.name.endswith(allowed) or out.name in allowed:

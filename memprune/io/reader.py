@@ -24,6 +24,9 @@ PICKLE_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt", ".pkl")
 # Wrapper keys seen in the wild, in order of preference. Training checkpoints keep optimizer state and args
 # beside the weights; LlamaGen uses {"model": ...}; DDP/compile leave prefixes on the keys themselves.
 _CONTAINER_KEYS = ("model", "state_dict", "module", "model_ema", "state_dict_ema", "ema")
+# Training checkpoints that hold several networks under one key: key -> members, the generator first (what a
+# model command reads unless ``member`` names another). VAR's trainer: ``ar-ckpt-best.pth``.
+_MULTI_NETWORK = {"trainer": ("var_wo_ddp", "vae_local")}
 
 _ST_TO_TORCH: dict[str, torch.dtype] = {
     "F64": torch.float64,
@@ -114,7 +117,8 @@ class Checkpoint:
         dropped: non-tensor entries of a pickle that were left out (training args, epoch counters).
     """
 
-    def __init__(self, path: str | os.PathLike):
+    def __init__(self, path: str | os.PathLike, member: str | None = None):
+        self.member = member  # which network of a multi-network training checkpoint (ignored otherwise)
         self.path = resolve_checkpoint_path(path)
         self.metadata: dict[str, str] = {}
         self.container: str | None = None
@@ -164,7 +168,9 @@ class Checkpoint:
 
     def _open_pickle(self) -> None:
         obj = load_pickle(self.path)
-        state, self.container, self.dropped = _unwrap(obj, self.path)
+        selected, prefix = _select_member(obj, self.member)
+        state, container, self.dropped = _unwrap(selected, self.path)
+        self.container = ".".join(p for p in (prefix, container) if p) or None
         for key, value in state.items():
             _check_pickled_tensor(key, value, self.path)
         self._tensors = {name: state[key] for name, key in stripped_names(state, shown(self.path)).items()}
@@ -248,9 +254,28 @@ class Checkpoint:
         self.close()
 
 
-def open_checkpoint(path: str | os.PathLike) -> Checkpoint:
-    """Open a checkpoint lazily; see :class:`Checkpoint`."""
-    return Checkpoint(path)
+def open_checkpoint(path: str | os.PathLike, *, member: str | None = None) -> Checkpoint:
+    """Open a checkpoint lazily; see :class:`Checkpoint`.
+
+    ``member`` names the network to read from a training checkpoint that holds several (VAR's
+    ``{"trainer": {"var_wo_ddp": ..., "vae_local": ...}}``: the generator by default, ``vae_local`` for its
+    tokenizer); files that hold one network ignore it.
+    """
+    return Checkpoint(path, member)
+
+
+def _select_member(obj: object, member: str | None) -> tuple[object, str | None]:
+    """The chosen network of a multi-network training checkpoint and where it was; anything else unchanged."""
+    if not isinstance(obj, dict):
+        return obj, None
+    for key, members in _MULTI_NETWORK.items():
+        inner = obj.get(key)
+        if isinstance(inner, dict) and any(m in inner for m in members):
+            name = member if member in members else members[0]
+            if not isinstance(inner.get(name), dict):
+                raise MempruneError(f"this training checkpoint has no {key}.{name} network (found: {', '.join(map(str, inner))})")
+            return inner[name], f"{key}.{name}"
+    return obj, None
 
 
 

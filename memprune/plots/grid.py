@@ -73,11 +73,12 @@ def safe_name(image_id: str, limit: int = 80) -> str:
 
 def to_pil(image: Any) -> Image.Image:
     """A float ``[3, H, W]`` tensor in [0, 1], uint8/float array ``[H, W, 3]``, PIL image or path -> RGB PIL image."""
+    from memprune.data_views import load_image, pil_to_rgb  # the one image loader: same pixels as the audit's
+
     if isinstance(image, Image.Image):
-        return image.convert("RGB")
+        return pil_to_rgb(image)
     if isinstance(image, (str, os.PathLike)):
-        with Image.open(image) as im:
-            return im.convert("RGB")
+        return load_image(image)
     if isinstance(image, torch.Tensor):
         t = image.detach().cpu()
         if t.dtype != torch.uint8:  # floats are in [0, 1], as every decoder returns them

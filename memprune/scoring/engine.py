@@ -36,8 +36,9 @@ from memprune.data import (
     parse_fraction,
 )
 from memprune.errors import MempruneError
-from memprune.models.base import IARModel, PositionGroup
-from memprune.models.loading import load_model, resolve_device, resolve_dtype
+from memprune.io import check_output, checkpoint_files
+from memprune.families.base import IARModel, PositionGroup
+from memprune.families.loading import load_model, resolve_device, resolve_dtype
 from memprune.scores import ScoreSet, save_scores
 from memprune.scoring import distributed as D
 from memprune.scoring import resume as R
@@ -208,7 +209,7 @@ def _layer_shapes(model: IARModel, layers: Sequence[str]) -> dict[str, tuple[int
 
 def parse_layers(text: str | Sequence[str]) -> list[str]:
     """``fc1`` / ``fc1,fc2`` -> unit layer types (validated)."""
-    from memprune.adapters import UNIT_KINDS
+    from memprune.families import UNIT_KINDS
 
     items = [t.strip() for t in (text.split(",") if isinstance(text, str) else text) if t.strip()]
     bad = [t for t in items if t not in UNIT_KINDS]
@@ -274,14 +275,14 @@ def score(
     layer_kinds = parse_layers(layers)
     n_augs = _check_options(augs, augment, batch_size, checkpoint_every, resume, output, workers)
     out_path = Path(output) if output is not None else None
+    inputs = [] if isinstance(checkpoint, IARModel) else [*checkpoint_files(checkpoint), *checkpoint_files(tokenizer)]
+    inputs += [data, class_index]  # a data folder counts with every file below it
     if out_path is not None:
-        from memprune.io import check_output_path
-        from memprune.io.paths import check_output_file
-
-        check_output_path(out_path, None if isinstance(checkpoint, IARModel) else checkpoint, tokenizer)
-        check_output_file(out_path, "score output")
+        check_output(out_path, inputs, suffix=".safetensors", what="score output")
     device = resolve_device(device)
     records, data_desc = select_images(data, class_index=class_index, fraction=fraction, per_class=per_class, seed=seed)
+    if out_path is not None and out_path.exists():  # a CSV's images too (only worth listing when -o exists)
+        check_output(out_path, [r.path for r in records], suffix=".safetensors", what="score output")
     dist_info = D.init_distributed(device)
     try:
         return _run(checkpoint, tokenizer, records, data_desc, out_path, layer_kinds, n_augs, augment, batch_size,

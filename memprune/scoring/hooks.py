@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from memprune.errors import MempruneError
-from memprune.models.base import PositionGroup
+from memprune.families.base import PositionGroup
 
 
 class GroupCapture:

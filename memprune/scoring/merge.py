@@ -80,7 +80,7 @@ def merge_scores(paths: Sequence[str | os.PathLike], output: str | os.PathLike |
     files = [Path(p) for p in paths]
     if len(files) < 2:
         raise MempruneError("give at least two shard files to merge (e.g. scores.*-of-4.safetensors)")
-    out = check_output_path(output, *files) if output is not None else None
+    out = check_output_path(output, *files, suffix=".safetensors") if output is not None else None
     if out is not None:
         check_output_file(out, "merged score file")
     sets = [load_scores(p) for p in files]

@@ -96,7 +96,7 @@ def test_patch_with_a_checkpoint_as_scores_says_so(tmp_path, tiny_var):
 
 
 def _maskgit_tokenizer(path):
-    from memprune.models.maskgit_vqgan import MaskGITVQGANConfig, MaskGITVQGAN
+    from memprune.families.rar.maskgit_vqgan import MaskGITVQGANConfig, MaskGITVQGAN
 
     tok = MaskGITVQGAN(MaskGITVQGANConfig(hidden_channels=32, num_res_blocks=1, z_channels=16, codebook_size=64))
     torch.save(tok.state_dict(), path)
@@ -120,9 +120,9 @@ def test_inspect_says_what_a_tokenizer_or_score_file_is(tmp_path, var_scores):
 
 
 def test_a_model_with_another_familys_tokenizer_names_the_one_it_needs(tmp_path):
-    from memprune.models.loading import load_model
-    from memprune.models.rar import build_random_rar
-    from memprune.models.rar_transformer import RARConfig
+    from memprune.families.loading import load_model
+    from memprune.families.rar.model import build_random_rar
+    from memprune.families.rar.transformer import RARConfig
 
     rar = build_random_rar(RARConfig(hidden_size=64, depth=2, num_heads=4, mlp_hidden=256, codebook_size=64, num_classes=3))
     torch.save(rar.transformer.state_dict(), tmp_path / "rar.bin")

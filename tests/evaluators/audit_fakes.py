@@ -17,11 +17,16 @@ from PIL import Image
 from memprune.evaluators.audit_candidates import Candidate
 from memprune.evaluators.multi_audit import SEED_STRIDE
 from memprune.evaluators.sscd import SSCDBackend
-from memprune.models.base import IARModel, PositionGroup
+from memprune.families.base import IARModel, PositionGroup
+from tests.families.fake_family import register_fake_family
 
 SIDE = 8
 Rule = Callable[[int, bool, int | None], bool]
 """``rule(prefix_tokens, greedy, seed)`` -> does this condition regenerate the image?"""
+
+
+# A fake model declares its family like a real one (raster prefixes and views).
+register_fake_family("scripted", like="rar")
 
 
 class ScriptedModel(IARModel):

@@ -19,13 +19,18 @@ from PIL import Image
 from memprune.errors import MempruneError
 from memprune.evaluators import audit as A
 from memprune.evaluators import audit_report as R
-from memprune.models.base import IARModel, PositionGroup
+from memprune.families.base import IARModel, PositionGroup
 from memprune.plots.grid import safe_name
+from tests.families.fake_family import register_fake_family
 
 pytest.importorskip("onnxruntime")
 skimage_data = pytest.importorskip("skimage.data")
 PHOTOS = ("astronaut", "chelsea", "coffee", "rocket", "immunohistochemistry", "hubble_deep_field")
 THUMB = 32
+
+
+# A fake model declares its family like a real one (raster prefixes and views).
+register_fake_family("memorizer", like="rar")
 
 
 class Memorizer(IARModel):
@@ -253,8 +258,8 @@ def test_greedy_hit_rate_uses_the_ranked_rows():
 
 
 def test_var_prefixes_are_scales():
-    from memprune.models.var import VARConfig, build_var_model
-    from memprune.models.vqvae import VQVAEConfig
+    from memprune.families.var.model import VARConfig, build_var_model
+    from memprune.families.var.vqvae import VQVAEConfig
 
     cfg = VARConfig(depth=1, width=64, num_heads=1, mlp_hidden=128, vocab_size=64, cvae=8, num_classes=3)
     model = build_var_model(cfg, VQVAEConfig(vocab_size=64, z_channels=8, ch=32))

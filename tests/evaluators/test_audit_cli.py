@@ -24,8 +24,8 @@ PHOTOS = ("astronaut", "coffee", "chelsea", "rocket")
 
 
 def _tiny_var(vocab: int = 64, seed: int = 0):
-    from memprune.models.var import VARConfig, build_var_model
-    from memprune.models.vqvae import VQVAEConfig
+    from memprune.families.var.model import VARConfig, build_var_model
+    from memprune.families.var.vqvae import VQVAEConfig
 
     cfg = VARConfig(depth=2, width=64, num_heads=2, mlp_hidden=128, vocab_size=vocab, cvae=8, num_classes=3,
                     patch_nums=(1, 2, 4, 8))
@@ -173,3 +173,14 @@ def test_robust_default_selects_on_both_models_and_counts_the_union(setup, tmp_p
         assert counts["per_condition"] == {k: sum(r["extracted"] for r in mine if r["condition"] == k) for k in head["conditions"]}
         assert sum(counts["first_condition_counts"].values()) == len(union)
         assert counts["similarity"]["count"] == n
+
+
+def test_the_model_card_names_the_attack_conditions(tmp_path):
+    from memprune.card import load_report
+
+    summary = {"schema": "memprune.audit/2", "models": {"model": {"sha256": "ab"}},
+               "counts": {"model": {"extracted": 3, "extracted_share": 0.1}},
+               "headline": {"attack": "robust", "conditions": ["p3-greedy", "p3-s0"], "threshold": 0.75}, "sscd": {}}
+    (tmp_path / "audit_summary.json").write_text(json.dumps(summary))
+    report, _ = load_report(tmp_path / "audit_summary.json", "audit", {"ab": "after"})
+    assert report is not None and report.settings["attack"] == "robust (2 conditions: p3-greedy, p3-s0)"

@@ -23,7 +23,7 @@ FIELDS = ("id", "prefix", "prefix_tokens", "hit_rate", "similarity", "similarity
 def test_paper_attack_reproduces_the_single_condition_rows(tmp_path):
     from memprune.demo.assets import load_demo_assets
     from memprune.evaluators import load_sscd
-    from memprune.models.var import load_var
+    from memprune.families.var.model import load_var
 
     assets = load_demo_assets(None)
     model = load_var(assets.var_path, assets.vae_path, device="cpu")

@@ -17,8 +17,8 @@ from tests.evaluators.audit_fakes import ScriptedModel
 
 @pytest.fixture(scope="module")
 def var():
-    from memprune.models.var import VARConfig, build_var_model
-    from memprune.models.vqvae import VQVAEConfig
+    from memprune.families.var.model import VARConfig, build_var_model
+    from memprune.families.var.vqvae import VQVAEConfig
 
     cfg = VARConfig(depth=1, width=64, num_heads=1, mlp_hidden=128, vocab_size=64, cvae=8, num_classes=3)
     return build_var_model(cfg, VQVAEConfig(vocab_size=64, z_channels=8, ch=32))

@@ -15,13 +15,16 @@ from memprune.cli import app
 from memprune.errors import MempruneError
 from memprune.evaluators import generation as G
 from memprune.io import save_safetensors
+from tests.families.fake_family import register_fake_family
+
+VAR_FID = G.SamplingSettings(1.5, 900, 0.96, 1.0, None, "VAR published FID setting (FoundationVision/VAR README)")
 
 runner = CliRunner()
 
 
 def _tiny_var():
-    from memprune.models.var import VARConfig, build_var_model
-    from memprune.models.vqvae import VQVAEConfig
+    from memprune.families.var.model import VARConfig, build_var_model
+    from memprune.families.var.vqvae import VQVAEConfig
 
     cfg = VARConfig(depth=1, width=64, num_heads=1, mlp_hidden=128, vocab_size=64, cvae=8, num_classes=3,
                     patch_nums=(1, 2, 4, 8))
@@ -66,7 +69,12 @@ def test_published_settings_per_family():
         assert "nearest" not in s.source
     odd = G.published_settings(rar(1300))
     assert odd.cfg == 6.9 and "RAR-XL" in odd.source and "nearest" in odd.source
-    assert G.published_settings(SimpleNamespace(arch="other")).cfg == 0.0
+    # a family that declares no published setting samples conditionally; an unregistered one is refused
+    register_fake_family("unpublished", like="var", sampling=None)
+    plain = G.published_settings(SimpleNamespace(arch="unpublished"))
+    assert plain.cfg == 0.0 and "no published setting for unpublished" in plain.source
+    with pytest.raises(MempruneError, match="unknown architecture 'other'"):
+        G.published_settings(SimpleNamespace(arch="other"))
     over = G.with_overrides(var, cfg=2.0, top_k=None)
     assert over.cfg == 2.0 and over.top_k == 900 and "overridden: cfg=2.0" in over.source
     assert G.with_overrides(var) is var
@@ -86,7 +94,7 @@ def test_classes_and_labels():
 
 def test_generation_passes_settings_and_seeds_each_batch():
     spy = Spy(rar=False)
-    batches = list(G.generate_images(spy, torch.arange(5), G.VAR_FID, batch_size=2, seed=7))
+    batches = list(G.generate_images(spy, torch.arange(5), VAR_FID, batch_size=2, seed=7))
     assert [b[0].tolist() for b in batches] == [[0, 1], [2, 3], [4]]
     assert [c["seed"] for c in spy.calls] == [7, 8, 9]
     assert all((c["cfg"], c["top_k"], c["top_p"]) == (1.5, 900, 0.96) for c in spy.calls)
@@ -101,9 +109,9 @@ def test_generation_passes_settings_and_seeds_each_batch():
 def test_var_generation_is_reproducible():
     model = _tiny_var()
     labels = torch.tensor([0, 1, 2, 0])
-    a = torch.cat([img for _, img in G.generate_images(model, labels, G.VAR_FID, batch_size=2, seed=3)])
-    b = torch.cat([img for _, img in G.generate_images(model, labels, G.VAR_FID, batch_size=2, seed=3)])
-    c = torch.cat([img for _, img in G.generate_images(model, labels, G.VAR_FID, batch_size=2, seed=4)])
+    a = torch.cat([img for _, img in G.generate_images(model, labels, VAR_FID, batch_size=2, seed=3)])
+    b = torch.cat([img for _, img in G.generate_images(model, labels, VAR_FID, batch_size=2, seed=3)])
+    c = torch.cat([img for _, img in G.generate_images(model, labels, VAR_FID, batch_size=2, seed=4)])
     assert a.shape == (4, 3, 128, 128) and 0 <= a.min() and a.max() <= 1
     assert torch.equal(a, b) and not torch.equal(a, c)
 
@@ -132,7 +140,7 @@ def test_evaluate_fid_streams_the_same_statistics_as_the_saved_images(tmp_path):
     acc = FeatureStatsAccumulator(dim=12)
     acc.update(inception_features(net, torch.rand(5, 3, 64, 64, generator=torch.Generator().manual_seed(0))))
     ref = acc.compute()
-    run = G.evaluate_fid(model, net, ref, labels, G.VAR_FID, batch_size=2, seed=0, save_dir=tmp_path / "png")
+    run = G.evaluate_fid(model, net, ref, labels, VAR_FID, batch_size=2, seed=0, save_dir=tmp_path / "png")
     files = sorted(p.name for p in (tmp_path / "png").iterdir())
     assert files == ["000000_class0.png", "000001_class1.png", "000002_class2.png"]
     assert run.num_images == 3 and run.fid == pytest.approx(frechet_distance(run.stats, ref))
@@ -140,7 +148,7 @@ def test_evaluate_fid_streams_the_same_statistics_as_the_saved_images(tmp_path):
     acc.update(inception_features(net, [tmp_path / "png" / f for f in files]))
     assert np.allclose(acc.compute().mu, run.stats.mu, atol=2e-3)
     with pytest.raises(MempruneError, match="at least 2 images"):
-        G.evaluate_fid(model, net, ref, labels[:1], G.VAR_FID)
+        G.evaluate_fid(model, net, ref, labels[:1], VAR_FID)
 
 
 @pytest.fixture(scope="module")

@@ -107,8 +107,8 @@ def test_selection_on_two_models_audits_the_union(tmp_path):
 
 
 def _tiny_var():
-    from memprune.models.var import VARConfig, build_var_model
-    from memprune.models.vqvae import VQVAEConfig
+    from memprune.families.var.model import VARConfig, build_var_model
+    from memprune.families.var.vqvae import VQVAEConfig
 
     cfg = VARConfig(depth=2, width=64, num_heads=2, mlp_hidden=128, vocab_size=64, cvae=8, num_classes=2,
                     patch_nums=(1, 2, 4))

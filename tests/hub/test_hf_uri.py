@@ -151,8 +151,8 @@ def test_unreachable_hub_with_nothing_cached(hf_env, monkeypatch):
 
 def test_model_loaders_read_hf_references_for_checkpoint_and_tokenizer(tmp_path, offline):
     # load_var / load_rar receive the tokenizer argument as given, so an hf:// string must reach memprune.io
-    from memprune.models.state_dict import read_state_dict
-    from memprune.models.var_checkpoint import read_var_state_dict
+    from memprune.families.state_dict import read_state_dict
+    from memprune.families.var.checkpoint import read_var_state_dict
 
     sd = tiny_var_state_dict()
     save_safetensors(sd, tmp_path / "vae.safetensors")

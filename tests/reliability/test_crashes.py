@@ -64,7 +64,7 @@ def test_kill_between_the_renames_is_detected_and_the_header_is_authoritative(tm
     out = tmp_path / "safe.safetensors"
     patch(ckpt, scores, output=out, top="5%")  # an existing, verified pair
     old_manifest = read_manifest(out)
-    proc = _patch_until(tmp_path, "between-renames", ckpt, scores, out, "--top", "20%")
+    proc = _patch_until(tmp_path, "between-renames", ckpt, scores, out, "--top", "20%", "--overwrite")
     proc.kill()
     proc.wait(timeout=60)
     # new weights beside the old sidecar: verify fails on the header copy, naming the cause
@@ -85,7 +85,7 @@ def test_kill_before_the_first_rename_keeps_the_old_pair(tmp_path):
     out = tmp_path / "safe.safetensors"
     patch(ckpt, scores, output=out, top="5%")
     before = out.read_bytes(), (tmp_path / "safe.manifest.json").read_bytes()
-    proc = _patch_until(tmp_path, "before-commit", ckpt, scores, out, "--top", "20%")
+    proc = _patch_until(tmp_path, "before-commit", ckpt, scores, out, "--top", "20%", "--overwrite")
     proc.send_signal(signal.SIGTERM)
     proc.wait(timeout=60)
     assert (out.read_bytes(), (tmp_path / "safe.manifest.json").read_bytes()) == before
@@ -116,5 +116,5 @@ def test_ctrl_c_while_writing_leaves_nothing(tmp_path, monkeypatch):
 
     monkeypatch.setattr("memprune.io.writer._write_tensor", interrupted)
     res = CliRunner().invoke(app, ["patch", str(ckpt), "--scores", str(scores), "-o", str(out)])
-    assert res.exit_code == 130 and "no partial output was left behind" in res.output
+    assert res.exit_code == 130 and "no half-written file was left behind" in res.output
     assert not out.exists() and temporaries(tmp_path) == []

@@ -27,7 +27,7 @@ def _safetensors(path: Path, header: object, data: bytes = b"") -> Path:
 def test_fifo_named_safetensors_is_refused_not_read(tmp_path, command):
     pipe = fifo(tmp_path / "x.safetensors")  # opening it would block until a writer appears
     args = {"inspect": [pipe], "patch": [pipe, "--scores", tiny_scores(tmp_path), "-o", tmp_path / "o.safetensors"],
-            "convert": [pipe, tmp_path / "o.safetensors"]}[command]
+            "convert": [pipe, "-o", tmp_path / "o.safetensors"]}[command]
     assert_one_line(invoke(command, *args), "named pipe", "not a regular file")
 
 

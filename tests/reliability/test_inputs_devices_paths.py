@@ -8,7 +8,7 @@ import pytest
 from inputs_support import assert_one_line, invoke, tiny_scores
 
 from memprune.errors import MempruneError
-from memprune.models.loading import resolve_device
+from memprune.families.loading import resolve_device
 
 
 @pytest.mark.parametrize("device", ["mps", "xla", "meta", "cuda:-1", "gpu", ""])

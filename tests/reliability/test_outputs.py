@@ -196,3 +196,17 @@ def test_stale_temporaries_of_dead_processes_are_removed(tmp_path):
     write_json_atomic(tmp_path / "y.json", {})  # any write into the folder cleans up after killed runs
     assert not dead.exists() and mine.exists() and foreign.exists()
     assert remove_stale_temps(tmp_path) == []
+
+
+def test_score_refuses_a_wrong_suffix_and_its_own_data(tmp_path):
+    """``score -o q.npz`` would write safetensors under an .npz name; ``-o`` inside the data folder is an input."""
+    from memprune.scoring.engine import score
+
+    data = tmp_path / "data"
+    data.mkdir()
+    image = data / "a.safetensors"
+    image.write_bytes(b"not really an image")
+    with pytest.raises(MempruneError, match="must end in .safetensors"):
+        score("m.safetensors", data, tokenizer="t.safetensors", output=tmp_path / "q.npz")
+    with pytest.raises(MempruneError, match="is the input file"):
+        score("m.safetensors", data, tokenizer="t.safetensors", output=image)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from memprune.models.base import PositionGroup
+from memprune.families.base import PositionGroup
 from memprune.scoring.hooks import GroupCapture
 
 

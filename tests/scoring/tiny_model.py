@@ -11,7 +11,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from memprune.models.base import IARModel, PositionGroup
+from memprune.families.base import IARModel, PositionGroup
+from tests.families.fake_family import register_fake_family
 
 
 class _Block(nn.Module):
@@ -25,6 +26,11 @@ class _Block(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = F.gelu(self.fc1(x), approximate="tanh") if self.bypass else self.act(self.fc1(x))
         return x + self.fc2(h)
+
+
+# A fake model declares its family like a real one (raster prefixes and views).
+register_fake_family("tiny", like="var", prefix_unit="tokens", paper_prefix=30, robust_prefixes=(16, 30, 64),
+                     ranked_predictions=99)
 
 
 class TinyIAR(IARModel):
