@@ -179,7 +179,7 @@ def audit(
         baseline="baseline" if baseline is not None else None,
         files={"results_jsonl": R.RESULTS_JSONL, "results_csv": R.RESULTS_CSV, "candidates_csv": CANDIDATES_CSV,
                "grid_png": None},
-        model_names=list(models), grid_rows=grid_rows,
+        model_names=list(models), grid_rows=grid_rows, class_names=_class_names(data, class_index),
         keys=[c.key for c in [*conditions, *extras]],
     )  # fmt: skip
     if not main:
@@ -197,7 +197,7 @@ def finish_audit(output: Path, results: list[A.CandidateResult], inputs: dict[st
     R.write_results_csv(results, output / R.RESULTS_CSV)
     rows = inputs["grid_rows"]
     grid = R.make_grid(output, R.best_rows(results), inputs["model_names"], max_rows=rows,
-                       threshold=inputs["settings"]["threshold"]) if rows else None  # fmt: skip
+                       class_names=inputs.get("class_names"), threshold=inputs["settings"]["threshold"]) if rows else None  # fmt: skip
     files = {**inputs["files"], "grid_png": grid.name if grid else None}
     summary = R.build_summary(results, models=inputs["models"], settings=inputs["settings"],
                               candidates=inputs["candidates"], sscd=inputs["sscd"], audited=inputs["audited"],
@@ -225,6 +225,20 @@ def _read_candidates(
         return None, A.candidates_from_records(load_records(data, class_index).records)  # type: ignore[arg-type]
     A.check_unique(cands)
     return cands, None
+
+
+def _class_names(data: Path | None, class_index: Any) -> list[str] | None:
+    """Class id -> name for the grid when the data names its classes (ImageFolder folders or a class index);
+    ``None`` (the grid then says ``class N``) for a CSV of bare labels or a given candidate list alone."""
+    if data is None or not Path(data).is_dir():
+        return None
+    classes = load_records(data, class_index).classes
+    if not classes or all(name.isdigit() for name in classes):
+        return None
+    names = [f"class {i}" for i in range(max(classes.values()) + 1)]
+    for name, index in classes.items():
+        names[index] = name
+    return names
 
 
 def load_sscd_explained(spec: str, device: str):  # noqa: ANN201 - an SSCDBackend

@@ -294,3 +294,16 @@ def test_torn_jsonl_line_is_dropped(tmp_path):
     path.write_text('{"a": 1}\nnot json\n{"a": 2}\n')
     with pytest.raises(MempruneError, match="line 2"):
         R.read_jsonl(path)
+
+
+def test_grid_class_names_come_from_an_image_folder(tmp_path):
+    """The extraction grid names classes when the data does (ImageFolder sub-folders), else says ``class N``."""
+    from PIL import Image
+
+    from memprune.evaluators.audit_run import _class_names
+
+    for name in ("cats", "dogs"):
+        (tmp_path / "data" / name).mkdir(parents=True)
+        Image.new("RGB", (8, 8), (10, 20, 30)).save(tmp_path / "data" / name / "a.png")
+    assert _class_names(tmp_path / "data", None) == ["cats", "dogs"]
+    assert _class_names(None, None) is None and _class_names(tmp_path / "list.csv", None) is None
