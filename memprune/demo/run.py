@@ -31,6 +31,7 @@ import torch
 
 from memprune.demo.assets import DemoAssets, DemoImage, load_demo_assets
 from memprune.demo.mitigated import MITIGATE_FACTOR, MITIGATE_SHARE, RobustAudit, audit_more, build_mitigated
+from memprune.demo.sscd_cache import CachedSSCD
 from memprune.errors import MempruneError
 from memprune.mitigate.quality import heldout_nll  # noqa: F401  (re-exported)
 from memprune.models.base import IARModel
@@ -232,6 +233,7 @@ def run_demo(
     _clear_own_outputs(out)
     if sscd is None:
         sscd = _default_sscd()
+    sscd = CachedSSCD(sscd)  # both audits embed the same references and paper-condition generations
     torch.manual_seed(seed)
     timings: dict[str, float] = {}
     t_all = time.perf_counter()
