@@ -160,9 +160,10 @@ def test_cli_json_runs_and_removes_its_temp_folder(monkeypatch) -> None:
 
     monkeypatch.setattr(demo_pkg, "run_demo", functools.partial(run_demo, duplicated=8, score_images=24,
                                                                 robust_grid=((4,), ())))
-    res = CliRunner().invoke(app, ["demo", "--singles", "8", "--top", "5%", "--format", "json", "--threads", "1"])
+    res = CliRunner().invoke(app, ["demo", "--singles", "8", "--top", "5%", "--format", "json"])
     assert res.exit_code == 0, res.output
     data = json.loads(res.stdout)
+    assert data["settings"]["torch_threads"] == 1  # the demo's default: one thread (docs/benchmarks.md)
     assert data["output_kept"] is False and not Path(data["output"]).exists()
     assert data["models"]["original"]["candidates"] == 16
     assert data["settings"]["top"] == "5%"
