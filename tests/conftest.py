@@ -3,11 +3,19 @@
 from __future__ import annotations
 
 import logging
+import os
 import warnings
 from pathlib import Path
 
-import pytest
-import torch
+# CPU float reductions depend on the thread count. Tests compare results bit for bit across processes (torchrun
+# ranks run one thread each) and against fixtures recorded with one thread, so the suite runs with one thread
+# (set before torch starts its pool; subprocesses inherit the variable).
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+torch.set_num_threads(1)
 from tiny_checkpoints import var_state_dict
 
 from memprune.io import save_safetensors
