@@ -20,11 +20,14 @@ Conventions shared by all implementations:
 
 from __future__ import annotations
 
+import contextlib
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 
 import torch
 from torch import nn
+
+from memprune.errors import MempruneError
 
 
 @dataclass(frozen=True)
@@ -44,6 +47,8 @@ class IARModel(nn.Module, ABC):
     num_classes: int
     vocab_size: int
     seq_len: int
+    #: ``None`` (exact float32) or the reduced-precision dtype the generator runs under (see :meth:`_autocast`).
+    amp_dtype: torch.dtype | None = None
 
     @abstractmethod
     def encode(self, images: torch.Tensor) -> torch.Tensor:
@@ -103,3 +108,47 @@ class IARModel(nn.Module, ABC):
     @property
     def device(self) -> torch.device:
         return next(self.parameters()).device
+
+    # -- helpers shared by the family wrappers ---------------------------------------------------------------
+    def _autocast(self) -> contextlib.AbstractContextManager:
+        """Autocast to ``amp_dtype`` on the model's device, or nothing when it is ``None``."""
+        if self.amp_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.amp_dtype)
+
+    def _raw_class_ids(self, labels: torch.Tensor, batch: int | None, hint: str = "") -> torch.Tensor:
+        """Check raw labels [B] (one per image when ``batch`` is given, each in 0..num_classes-1) -> int64 on device.
+
+        ``hint`` ends the out-of-range message (a family that offsets ids says so there).
+        """
+        labels = torch.as_tensor(labels)
+        if labels.is_floating_point() or labels.ndim != 1:
+            raise MempruneError(f"labels must be a 1-D integer tensor, got {labels.dtype} of shape {tuple(labels.shape)}")
+        if batch is not None and labels.shape[0] != batch:
+            raise MempruneError(f"{labels.shape[0]} labels for a batch of {batch}: pass one label per image")
+        if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= self.num_classes):
+            bad = int(labels.min()) if int(labels.min()) < 0 else int(labels.max())
+            raise MempruneError(f"label {bad} is out of range [0, {self.num_classes - 1}]: pass raw class ids{hint}")
+        return labels.to(self.device).long()
+
+    def _token_ids(self, tokens: torch.Tensor, what: str, hint: str = "") -> torch.Tensor:
+        """Check integer tokens [B, <= seq_len] in the vocabulary -> int64 on device; ``hint`` ends the shape error."""
+        tokens = torch.as_tensor(tokens)
+        if tokens.ndim != 2 or tokens.shape[1] > self.seq_len or tokens.is_floating_point():
+            raise MempruneError(
+                f"{what} has shape {tuple(tokens.shape)} ({tokens.dtype}), expected an integer [B, <= {self.seq_len}] "
+                f"tensor{hint}"
+            )
+        if tokens.numel() and (int(tokens.min()) < 0 or int(tokens.max()) >= self.vocab_size):
+            raise MempruneError(
+                f"{what} values span [{int(tokens.min())}, {int(tokens.max())}], expected [0, {self.vocab_size - 1}]: "
+                "they are not tokens of this tokenizer"
+            )
+        return tokens.to(self.device).long()
+
+    def _whole_image_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
+        """:meth:`_token_ids` for a full sequence of ``seq_len`` tokens per image."""
+        tokens = self._token_ids(tokens, "tokens")
+        if tokens.shape[1] != self.seq_len:
+            raise MempruneError(f"tokens have {tokens.shape[1]} columns, expected {self.seq_len}: pass whole images")
+        return tokens

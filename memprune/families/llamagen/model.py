@@ -18,7 +18,6 @@ from a ``freqs_cis`` tensor when a checkpoint carries one, or from ``num_heads``
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
 import os
@@ -212,35 +211,10 @@ class LlamaGenModel(IARModel):
         self.seq_len = cfg.block_size
         self.eval()
 
-    def _autocast(self) -> contextlib.AbstractContextManager:
-        if self.amp_dtype is None:
-            return contextlib.nullcontext()
-        return torch.autocast(self.device.type, dtype=self.amp_dtype)
-
     # -- input checks ---------------------------------------------------------------------------------------
     def class_ids(self, labels: torch.Tensor, batch: int | None = None) -> torch.Tensor:
-        labels = torch.as_tensor(labels)
-        if labels.is_floating_point() or labels.ndim != 1:
-            raise MempruneError(f"labels must be a 1-D integer tensor, got {labels.dtype} of shape {tuple(labels.shape)}")
-        if batch is not None and labels.shape[0] != batch:
-            raise MempruneError(f"{labels.shape[0]} labels for a batch of {batch}: pass one label per image")
-        if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= self.num_classes):
-            bad = int(labels.min()) if int(labels.min()) < 0 else int(labels.max())
-            raise MempruneError(f"label {bad} is out of range [0, {self.num_classes - 1}]: pass raw class ids")
-        return labels.to(self.device).long()
-
-    def _check_tokens(self, tokens: torch.Tensor, what: str) -> torch.Tensor:
-        tokens = torch.as_tensor(tokens)
-        if tokens.ndim != 2 or tokens.shape[1] > self.seq_len or tokens.is_floating_point():
-            raise MempruneError(
-                f"{what} has shape {tuple(tokens.shape)} ({tokens.dtype}), expected an integer [B, <= {self.seq_len}] tensor"
-            )
-        if tokens.numel() and (int(tokens.min()) < 0 or int(tokens.max()) >= self.vocab_size):
-            raise MempruneError(
-                f"{what} values span [{int(tokens.min())}, {int(tokens.max())}], expected [0, {self.vocab_size - 1}]: "
-                "they are not tokens of this tokenizer"
-            )
-        return tokens.to(self.device).long()
+        """Raw labels [B] (0..num_classes-1) -> class-table rows on the model's device (LlamaGen adds no offset)."""
+        return self._raw_class_ids(labels, batch)
 
     # -- IARModel ---------------------------------------------------------------------------------------------
     def encode(self, images: torch.Tensor) -> torch.Tensor:
@@ -249,16 +223,12 @@ class LlamaGenModel(IARModel):
 
     def decode(self, tokens: torch.Tensor) -> torch.Tensor:
         """Decode tokens [B, n] to images [B, 3, S, S] in [0, 1] (the official [-1, 1] output, clamped)."""
-        tokens = self._check_tokens(tokens, "tokens")
-        if tokens.shape[1] != self.seq_len:
-            raise MempruneError(f"tokens have {tokens.shape[1]} columns, expected {self.seq_len}: pass whole images")
+        tokens = self._whole_image_tokens(tokens)
         return self.tokenizer.decode(tokens, self.grid)
 
     def teacher_forced(self, tokens: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """Conditional logits [B, n, V] (float32); row p predicts ``tokens[:, p]`` (the last token is never fed)."""
-        tokens = self._check_tokens(tokens, "tokens")
-        if tokens.shape[1] != self.seq_len:
-            raise MempruneError(f"tokens have {tokens.shape[1]} columns, expected {self.seq_len}: pass whole images")
+        tokens = self._whole_image_tokens(tokens)
         cond = self.class_ids(labels, tokens.shape[0])
         with self._autocast():
             return self.transformer(tokens[:, :-1], cond)
@@ -296,7 +266,7 @@ class LlamaGenModel(IARModel):
             raise MempruneError(f"temperature must be > 0 (got {temperature}); use greedy=True for argmax decoding")
         cond = self.class_ids(labels)
         b, n = cond.shape[0], self.seq_len
-        ids = self._check_tokens(prefix if prefix is not None else torch.zeros(b, 0, dtype=torch.long), "prefix")
+        ids = self._token_ids(prefix if prefix is not None else torch.zeros(b, 0, dtype=torch.long), "prefix")
         if ids.shape[0] != b:
             raise MempruneError(f"prefix has {ids.shape[0]} rows for {b} labels: pass one prefix row per label")
         guided = cfg > 1.0

@@ -15,7 +15,6 @@ checkpoints. Conventions (see ``docs/api.md``):
 
 from __future__ import annotations
 
-import contextlib
 import os
 import re
 from collections.abc import Mapping
@@ -169,39 +168,11 @@ class RARModel(IARModel):
         self.seq_len = cfg.image_seq_len
         self.eval()  # inference only: dropout-free anyway, but eval() is the official state
 
-    def _autocast(self) -> contextlib.AbstractContextManager:
-        if self.amp_dtype is None:
-            return contextlib.nullcontext()
-        return torch.autocast(self.device.type, dtype=self.amp_dtype)
-
     # -- input checks ---------------------------------------------------------------------------------------
     def class_ids(self, labels: torch.Tensor, batch: int | None = None) -> torch.Tensor:
         """Raw labels [B] (0..num_classes-1) -> embedding rows (label + class offset) on the model's device."""
-        labels = torch.as_tensor(labels)
-        if labels.is_floating_point() or labels.ndim != 1:
-            raise MempruneError(f"labels must be a 1-D integer tensor, got {labels.dtype} of shape {tuple(labels.shape)}")
-        if batch is not None and labels.shape[0] != batch:
-            raise MempruneError(f"{labels.shape[0]} labels for a batch of {batch}: pass one label per image")
-        if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= self.num_classes):
-            bad = int(labels.min()) if int(labels.min()) < 0 else int(labels.max())
-            raise MempruneError(
-                f"label {bad} is out of range [0, {self.num_classes - 1}]: pass raw class ids (the +"
-                f"{self.transformer.config.class_offset} offset is applied internally)"
-            )
-        return labels.to(self.device).long() + self.transformer.config.class_offset
-
-    def _check_tokens(self, tokens: torch.Tensor, what: str, max_len: int) -> torch.Tensor:
-        if tokens.ndim != 2 or tokens.shape[1] > max_len or tokens.is_floating_point():
-            raise MempruneError(
-                f"{what} has shape {tuple(tokens.shape)} ({tokens.dtype}), expected an integer [B, <= {max_len}] tensor"
-                + (f": a prefix may hold at most {self.seq_len} tokens" if what == "prefix" else "")
-            )
-        if tokens.numel() and (int(tokens.min()) < 0 or int(tokens.max()) >= self.vocab_size):
-            raise MempruneError(
-                f"{what} values span [{int(tokens.min())}, {int(tokens.max())}], expected [0, {self.vocab_size - 1}]: "
-                "they are not tokens of this tokenizer"
-            )
-        return tokens.to(self.device).long()
+        offset = self.transformer.config.class_offset
+        return self._raw_class_ids(labels, batch, f" (the +{offset} offset is applied internally)") + offset
 
     # -- IARModel ---------------------------------------------------------------------------------------------
     def encode(self, images: torch.Tensor) -> torch.Tensor:
@@ -218,9 +189,7 @@ class RARModel(IARModel):
         The blocks see 258 rows (hooks fire once with [B, 258, F]); the official 257th logits row, which has
         no target, is dropped.
         """
-        tokens = self._check_tokens(tokens, "tokens", self.seq_len)
-        if tokens.shape[1] != self.seq_len:
-            raise MempruneError(f"tokens have {tokens.shape[1]} columns, expected {self.seq_len}: pass whole images")
+        tokens = self._whole_image_tokens(tokens)
         cond = self.class_ids(labels, tokens.shape[0])
         with self._autocast():
             logits = self.transformer(tokens, cond)
@@ -258,7 +227,7 @@ class RARModel(IARModel):
         b = cond.shape[0]
         if prefix is None:
             prefix = torch.zeros(b, 0, dtype=torch.long)
-        prefix = self._check_tokens(prefix, "prefix", self.seq_len)
+        prefix = self._token_ids(prefix, "prefix", f": a prefix may hold at most {self.seq_len} tokens")
         if prefix.shape[0] != b:
             raise MempruneError(f"prefix has {prefix.shape[0]} rows for {b} labels: pass one prefix row per label")
         if temperature <= 0 and not greedy:

@@ -123,11 +123,6 @@ class VARModel(IARModel):
                                 f"vocabulary [0, {self.vocab_size - 1}]; tokenize with this model's encode()")
         return tokens.to(self.device, torch.long)
 
-    def _autocast(self) -> contextlib.AbstractContextManager:
-        if self.amp_dtype is None:
-            return contextlib.nullcontext()
-        return torch.autocast(self.device.type, dtype=self.amp_dtype)
-
     # ------------------------------------------------------------------------------------------ tokenizer
     def split_scales(self, tokens: torch.Tensor) -> list[torch.Tensor]:
         """Split flat tokens ``[B, n]`` (n a scale boundary) into per-scale maps ``[B, pn_s**2]``."""
