@@ -315,12 +315,11 @@ def attribute(
     if batch_size < 1:
         raise MempruneError(f"--batch-size {batch_size} must be at least 1")
     out = Path(output) if output is not None else None
-    if out is not None:
-        from memprune.io import check_output_path
+    if out is not None:  # the one output guard: suffix, special files, and never over a model or image list
+        from memprune.io import check_output, checkpoint_files
 
-        if out.suffix != ".safetensors":
-            raise MempruneError(f"output {out} must end in .safetensors: score files are safetensors")
-        check_output_path(out, None if isinstance(checkpoint, IARModel) else checkpoint, tokenizer)
+        models = [] if isinstance(checkpoint, IARModel) else [*checkpoint_files(checkpoint), *checkpoint_files(tokenizer)]
+        check_output(out, [*models, forget, retain, data, class_index], suffix=".safetensors", what="score output")
     f_recs = r_recs = None
     if method == "attribution":
         if forget is None or retain is None:

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from memprune.errors import MempruneError
-from memprune.io import check_output_path
+from memprune.io import check_output
 from memprune.io.paths import check_output_file
 from memprune.scores import ScoreSet, load_scores, save_scores
 from memprune.scoring.stats import StreamingStats
@@ -80,7 +80,7 @@ def merge_scores(paths: Sequence[str | os.PathLike], output: str | os.PathLike |
     files = [Path(p) for p in paths]
     if len(files) < 2:
         raise MempruneError("give at least two shard files to merge (e.g. scores.*-of-4.safetensors)")
-    out = check_output_path(output, *files, suffix=".safetensors") if output is not None else None
+    out = check_output(output, files, suffix=".safetensors") if output is not None else None
     if out is not None:
         check_output_file(out, "merged score file")
     sets = [load_scores(p) for p in files]

@@ -128,3 +128,17 @@ def test_audit_results_csv_is_a_forget_list(sets, tmp_path: Path) -> None:
     with open(path, "w", newline="") as fh:
         fh.write("index,id,path,label,extracted\n")
     assert read_image_list(path).records == []
+
+
+def test_output_is_guarded_like_every_score_file(tmp_path):
+    """``attribute -o`` goes through the one output guard: suffix, and never over a file of its image lists."""
+    from memprune.errors import MempruneError
+    from memprune.scoring.attribution import attribute
+
+    forget = tmp_path / "forget"
+    forget.mkdir()
+    (forget / "a.safetensors").write_bytes(b"an input that happens to carry the suffix")
+    with pytest.raises(MempruneError, match="must end in .safetensors"):
+        attribute("m.safetensors", forget, tmp_path, tokenizer="t.safetensors", output=tmp_path / "q.npz")
+    with pytest.raises(MempruneError, match="is the input file"):
+        attribute("m.safetensors", forget, tmp_path, tokenizer="t.safetensors", output=forget / "a.safetensors")
