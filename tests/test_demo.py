@@ -105,7 +105,7 @@ def test_verdict_and_rows_are_plain_text() -> None:
 @pytest.fixture(scope="module")
 def reduced_demo(tmp_path_factory):
     out = tmp_path_factory.mktemp("demo")
-    return run_demo(out, seed=0, **REDUCED)
+    return run_demo(out, seed=0, model="dense", **REDUCED)
 
 
 @pytest.mark.slow  # about 30 s: scoring, patching and a 32-image audit of two models
@@ -160,13 +160,13 @@ def test_cli_json_runs_and_removes_its_temp_folder(monkeypatch) -> None:
 
     monkeypatch.setattr(demo_pkg, "run_demo", functools.partial(run_demo, duplicated=8, score_images=24,
                                                                 robust_grid=((4,), ())))
-    res = CliRunner().invoke(app, ["demo", "--singles", "8", "--top", "5%", "--format", "json"])
+    res = CliRunner().invoke(app, ["demo", "--model", "dense", "--singles", "8", "--top", "5%", "--format", "json"])
     assert res.exit_code == 0, res.output
     data = json.loads(res.stdout)
     assert data["settings"]["torch_threads"] == 1  # the demo's default: one thread (docs/benchmarks.md)
     assert data["output_kept"] is False and not Path(data["output"]).exists()
     assert data["models"]["original"]["candidates"] == 16
-    assert data["settings"]["top"] == "5%"
+    assert data["settings"]["top"] == "5%" and data["settings"]["model"] == "dense"
 
 
 def test_cli_rejects_bad_options_in_one_line(tmp_path) -> None:
@@ -179,7 +179,7 @@ def test_cli_rejects_bad_options_in_one_line(tmp_path) -> None:
 def test_export_data_gives_csvs_every_command_reads(tmp_path) -> None:
     from memprune.data import load_records
 
-    res = CliRunner().invoke(app, ["demo", "--export-data", str(tmp_path / "d"), "--format", "json"])
+    res = CliRunner().invoke(app, ["demo", "--model", "dense", "--export-data", str(tmp_path / "d"), "--format", "json"])
     assert res.exit_code == 0, res.output
     data = json.loads(res.stdout)
     assert data["counts"] == {"train": 352, "duplicated": 32, "single": 320, "heldout": 64}

@@ -48,7 +48,12 @@ class _MempruneGroup(TyperGroup):
 
     def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
         ctx.meta["memprune.args"] = list(args)
-        return super().parse_args(ctx, args)
+        try:  # a root-level usage error (memprune --bogus) happens here, before any command is invoked
+            return super().parse_args(ctx, args)
+        except _click_module().exceptions.UsageError as exc:
+            if not _common.wants_json(args):
+                raise
+            raise _common.fail(exc.format_message(), exc.exit_code, as_json=True) from None
 
     def resolve_command(self, ctx: Any, args: list[str]) -> Any:
         name, command, rest = super().resolve_command(ctx, args)

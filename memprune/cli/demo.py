@@ -5,7 +5,7 @@ from __future__ import annotations
 import shutil
 import tempfile
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Literal
 
 import typer
 from rich.table import Table
@@ -37,7 +37,8 @@ if TYPE_CHECKING:
 @app.command(
     "demo",
     epilog=epilog(
-        "memprune demo",
+        "memprune demo                  # the rare-regime model (the paper's regime)",
+        "memprune demo --model dense    # the model whose duplicates are most of its training rows",
         "memprune demo -o demo_report --keep",
         "memprune demo --top 2% --factor 0.5 --seed 1 --format json",
         "memprune demo --export-data demo_data    # the demo's images as train/heldout/duplicated CSVs + the model",
@@ -47,6 +48,8 @@ if TYPE_CHECKING:
 def demo_cmd(
     output: Annotated[Path | None, typer.Option("--output", "-o", help="Report folder (kept). Default: a temporary folder, removed unless --keep.")] = None,
     keep: Annotated[bool, typer.Option("--keep", help="Keep the temporary report folder and print its path.")] = False,
+    model: Annotated[Literal["rare", "dense"], typer.Option("--model", help="Bundled model: rare (about 1% of thousands of training images duplicated, the paper's regime) or dense (32 duplicated images are 62% of the training rows).")] = "rare",
+    fraction: Annotated[str | None, typer.Option("--fraction", help="UnitMem scored on this class-balanced share of the training images, e.g. 5% (default: rare 5%, dense all).")] = None,
     top: Annotated[str | None, typer.Option("--top", help="Share (5%) or count of FFN units to patch (default: the demo's recommended share).")] = None,
     factor: Annotated[float | None, typer.Option("--factor", help="Multiplier for the selected units' fc1 rows, 0 prunes (default: the demo's recommended factor).")] = None,
     device: DeviceOpt = "cpu",
@@ -68,8 +71,13 @@ def demo_cmd(
 
     setup_logging(quiet, verbose)
     if export_data is not None:
-        _export(export_data, fmt, quiet)
+        _export(export_data, model, fmt, quiet)
         return
+    share = None
+    if fraction is not None:
+        from memprune.data import parse_fraction
+
+        share = parse_fraction(fraction)
     check_overwrite(output, overwrite, folder=True, markers=("demo.json", "scores.safetensors"))
     top = DEFAULT_TOP if top is None else top
     factor = DEFAULT_FACTOR if factor is None else factor
@@ -86,6 +94,7 @@ def demo_cmd(
     show = not quiet and fmt is OutputFormat.table
     try:
         result = run_demo(folder, top=top, factor=factor, device=device, seed=seed, singles=singles, fid=fid, mitigate=mitigate,
+                          model=model, fraction=share,
                           progress=(lambda msg: err_console.print(f"[dim]{msg}...[/]")) if show else None)
     except BaseException:
         if temp and not keep:
@@ -102,12 +111,13 @@ def demo_cmd(
     _render(result, removed, quiet)
 
 
-def _export(folder: Path, fmt: OutputFormat, quiet: bool) -> None:
+def _export(folder: Path, model: str, fmt: OutputFormat, quiet: bool) -> None:
     from memprune.demo.data import export_data
 
-    out = export_data(folder)
+    out = export_data(folder, model=model)
     if fmt is OutputFormat.json:
-        print_json({"schema": "memprune.demo-data/1", "output": str(out.root), "files": [str(f) for f in out.files],
+        print_json({"schema": "memprune.demo-data/1", "model": model, "output": str(out.root),
+                    "files": [str(f) for f in out.files],
                     "counts": out.counts})
         return
     console.print(f"demo data in {out.root}: " + ", ".join(f"{k}.csv ({v} images)" for k, v in out.counts.items()),
@@ -128,7 +138,8 @@ def _render(result: DemoResult, removed: bool, quiet: bool) -> None:
         console.print(next((ln for ln in lines if "extracted before" in ln), lines[-1]), highlight=False)
         return
     table = Table("measure", *(TITLES[m] for m in columns(result)),
-                  title="memprune demo: bundled tiny VAR, original vs the paper's recipe vs mitigate's choice")
+                  title=f"memprune demo ({result.settings.get('model', 'dense')} model): bundled tiny VAR, original vs the "
+                        "paper's recipe vs mitigate's choice")
     for row in table_rows(result):
         table.add_row(*row)
     console.print(table)

@@ -1,10 +1,16 @@
-"""The bundled demo assets: a tiny VAR trained on Twemoji with planted duplicates, and its images.
+"""The bundled demo models: two tiny VARs trained on emoji with planted duplicates, and their images.
 
-Everything lives in ``memprune/assets/demo/`` (package data), written by ``examples/train_demo_model.py``:
+Each lives in one folder of ``memprune/assets/`` (package data), written by ``examples/train_demo_model.py``:
+
+* ``demo/`` (``--model dense``): 352 Twemoji training images, 32 duplicated x16 (62% of the training rows);
+* ``demo_rare/`` (``--model rare``, the paper's regime): thousands of distinct Twemoji and OpenMoji images, about
+  1% of them duplicated x16, the rest seen once; float16 weights.
+
+Both folders hold:
 
 * ``var_demo.safetensors`` / ``vae_demo.safetensors``: the transformer and its multi-scale VQVAE in the official
   VAR / VQVAE key layouts (``load_var`` and ``memprune inspect`` read them like a release checkpoint);
-* ``images/*.png``: 36 x 36 Twemoji (CC-BY 4.0, Twitter, Inc and other contributors; see ``ATTRIBUTION.txt``);
+* ``images/*.png``: 36 x 36 emoji (licences and attribution in ``ATTRIBUTION.txt``);
 * ``ground_truth.json``: per image its class, its role (``duplicated``: in the training set ``repeats`` times,
   ``single``: once, ``heldout``: never) and its name.
 """
@@ -20,6 +26,48 @@ from memprune.data import ImageRecord
 from memprune.errors import MempruneError
 
 ROLES = ("duplicated", "single", "heldout")
+
+
+@dataclass(frozen=True)
+class DemoModel:
+    """One bundled model and how the demo scores it.
+
+    Attributes:
+        name: ``dense`` or ``rare`` (``memprune demo --model``).
+        folder: its folder under ``memprune/assets``.
+        score_fraction: UnitMem is scored on a seeded class-balanced share of the training images (the paper
+            scores 1% of ImageNet); ``None`` = every distinct training image.
+        summary: one line for ``--help`` and the report.
+        mitigate_share, mitigate_factor: the recipe ``memprune mitigate`` chose on this model with its defaults
+            (attribution scores; docs/demo.md gives the run), which the demo rebuilds live.
+    """
+
+    name: str
+    folder: str
+    score_fraction: float | None
+    summary: str
+    mitigate_share: str
+    mitigate_factor: float
+
+
+DEMO_MODELS = {
+    "rare": DemoModel("rare", "demo_rare", 0.05, "the paper's regime: about 1% of thousands of distinct "
+                      "training images duplicated x16 (Twemoji + OpenMoji)", "60%", 0.0),
+    "dense": DemoModel("dense", "demo", None, "32 duplicated images x16 among 352 (62% of the training rows; "
+                       "Twemoji)", "60%", 0.0),
+}
+DEFAULT_MODEL = "rare"
+
+
+def demo_model(name: str) -> DemoModel:
+    """The bundled model called ``name``.
+
+    Raises:
+        MempruneError: no such model.
+    """
+    if name not in DEMO_MODELS:
+        raise MempruneError(f"--model {name!r} is not a bundled demo model: choose {' or '.join(DEMO_MODELS)}")
+    return DEMO_MODELS[name]
 _FILES = ("var_demo.safetensors", "vae_demo.safetensors", "ground_truth.json", "ATTRIBUTION.txt")
 
 
@@ -55,6 +103,7 @@ class DemoAssets:
     images: list[DemoImage]
     repeats: int
     attribution: str
+    model: DemoModel = DEMO_MODELS["dense"]
 
     @property
     def var_path(self) -> Path:
@@ -76,18 +125,19 @@ class DemoAssets:
         return [im for im in self.images if im.role != "heldout"]
 
 
-def default_assets_dir() -> Path:
-    """``memprune/assets/demo`` inside the installed package."""
-    return Path(__file__).resolve().parent.parent / "assets" / "demo"
+def default_assets_dir(model: str = "dense") -> Path:
+    """``memprune/assets/<folder of model>`` inside the installed package."""
+    return Path(__file__).resolve().parent.parent / "assets" / demo_model(model).folder
 
 
-def load_demo_assets(root: str | os.PathLike | None = None) -> DemoAssets:
-    """Read the ground truth and check that every bundled file is present.
+def load_demo_assets(root: str | os.PathLike | None = None, model: str = "dense") -> DemoAssets:
+    """Read the ground truth of ``model`` (from ``root`` if given) and check that every bundled file is present.
 
     Raises:
         MempruneError: a file is missing (the install lacks its package data) or the ground truth is malformed.
     """
-    base = Path(root) if root is not None else default_assets_dir()
+    profile = demo_model(model)
+    base = Path(root) if root is not None else default_assets_dir(model)
     missing = [f for f in _FILES if not (base / f).is_file()]
     if missing:
         raise MempruneError(f"demo assets incomplete in {base} (missing {', '.join(missing)}): reinstall memprune "
@@ -105,4 +155,4 @@ def load_demo_assets(root: str | os.PathLike | None = None) -> DemoAssets:
     bad = [im.id for im in images if im.role not in ROLES or not 0 <= im.label < len(classes)]
     if bad:
         raise MempruneError(f"ground truth entry {bad[0]} has an unknown role or class: reinstall memprune")
-    return DemoAssets(base, classes, images, repeats, (base / "ATTRIBUTION.txt").read_text().strip())
+    return DemoAssets(base, classes, images, repeats, (base / "ATTRIBUTION.txt").read_text().strip(), profile)

@@ -46,18 +46,21 @@ class ExportedData:
                 self.root / "ATTRIBUTION.txt"]
 
 
-def export_data(dest: str | os.PathLike, assets: DemoAssets | None = None) -> ExportedData:
+def export_data(dest: str | os.PathLike, assets: DemoAssets | None = None, model: str = "dense") -> ExportedData:
     """Copy the demo images and model and write the lists; files of an earlier export are replaced atomically.
+
+    ``assets``: what to export (default: the bundled ``model``; ``memprune demo --export-data`` follows
+    ``--model``).
 
     Raises:
         MempruneError: ``dest`` is a file, or the bundled assets are incomplete.
     """
     from memprune.io import atomic_write
 
-    data = assets or load_demo_assets()
     root = Path(dest)
     if root.exists() and not root.is_dir():
         raise MempruneError(f"--export-data {root} is a file: give a folder (it is created if missing)")
+    data = assets or load_demo_assets(None, model)
     (root / "images").mkdir(parents=True, exist_ok=True)
     for im in data.images:
         target = root / im.id
@@ -89,13 +92,13 @@ def _write_list(path: Path, images: list[DemoImage]) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m memprune.demo.data DIR``."""
+    """``python -m memprune.demo.data DIR [rare|dense]``."""
     args = sys.argv[1:] if argv is None else argv
-    if len(args) != 1:
-        print("usage: python -m memprune.demo.data DIR", file=sys.stderr)
+    if len(args) not in (1, 2):
+        print("usage: python -m memprune.demo.data DIR [rare|dense]", file=sys.stderr)
         return 2
     try:
-        out = export_data(args[0])
+        out = export_data(args[0], model=args[1] if len(args) == 2 else "dense")
     except MempruneError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

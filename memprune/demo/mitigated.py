@@ -27,7 +27,8 @@ from memprune.demo.assets import DemoAssets, DemoImage
 MITIGATE_METHOD = "attribution"
 MITIGATE_SHARE = "60%"
 MITIGATE_FACTOR = 0.0
-"""The recipe ``memprune mitigate`` chose on the bundled model (docs/demo.md: command, seeds, frontier)."""
+"""The recipe ``memprune mitigate`` chose on the dense bundled model (docs/demo.md: command, seeds, frontier); each
+model's own recipe is in :data:`memprune.demo.assets.DEMO_MODELS`."""
 
 
 @dataclass

@@ -73,7 +73,7 @@ def summary_lines(result: DemoResult) -> list[str]:
     s, t = result.settings, result.timings
     lines = [
         (f"paper's recipe: UnitMem top {s['top']} of {result.total_units} FFN units, fc1 rows x {s['factor']}; "
-         f"UnitMem scored on {s['scoring_images']} training images"),
+         f"UnitMem scored on {s['scoring_images']} training images{_subset(s)}"),
     ]
     if result.robust is not None:
         r = result.robust
@@ -86,6 +86,18 @@ def summary_lines(result: DemoResult) -> list[str]:
     if "mitigated" in result.models:
         lines.append(verdict(result.models["original"], result.models["mitigated"], "mitigate's choice"))
     return lines + list(result.notes)
+
+
+def _subset(s: dict) -> str:
+    """Which duplicated images a class-balanced scoring subset happens to hold (the paper's 1% of ImageNet holds
+    only some of the memorized images too)."""
+    frac = s.get("score_fraction")
+    if frac is None or frac >= 1:
+        return ""
+    held = s.get("scoring_duplicated", [])
+    names = f": {', '.join(held)}" if held else ""
+    return (f" (a class-balanced {100 * frac:g}% subset, seed {s['seed']}; it holds {len(held)} of the "
+            f"{s.get('duplicated_total', '?')} duplicated images{names})")
 
 
 def verdict(o: ModelFigures, p: ModelFigures, what: str = "the paper's recipe") -> str:

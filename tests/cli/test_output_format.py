@@ -106,3 +106,5 @@ def test_usage_errors_under_format_json_are_an_error_object_too(tiny_var):
     assert res.exit_code == 2 and _json(res)["schema"] == "memprune.error/1"
     res = runner.invoke(app, ["patch", str(tiny_var)])  # without --format json: no JSON on stdout
     assert res.exit_code == 2 and res.stdout.strip() == ""
+    res = runner.invoke(app, ["--bogus", "--format", "json"])  # a root-level option error, before any command
+    assert res.exit_code == 2 and _json(res)["schema"] == "memprune.error/1" and "--bogus" in _json(res)["error"]
