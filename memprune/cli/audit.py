@@ -77,7 +77,7 @@ def audit_cmd(
     dtype: Annotated[Literal["float32", "bfloat16", "float16"], typer.Option("--dtype", help="Transformer precision (float32: exact greedy decisions).")] = "float32",
     arch: Annotated[Family | None, typer.Option("--arch", help="Skip architecture detection.")] = None,
     num_heads: Annotated[int | None, typer.Option("--num-heads", help="LlamaGen head count, for widths that are no release (not stored in the weights).")] = None,
-    shard: Annotated[str | None, typer.Option("--shard", help="Audit only part i of n of the candidate batches (i/n, from 0); combine the part folders with `memprune merge`.")] = None,
+    shard: Annotated[str | None, typer.Option("--shard", help="Audit only part i of n of the work (i/n, from 0): every n-th candidate batch, the last round split by conditions; combine the part folders with `memprune merge`.")] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted audit in -o (same settings), skipping done candidates.")] = False,
     grid_rows: Annotated[int, typer.Option("--grid-rows", help="Most extracted images drawn in extracted_grid.png.")] = 32,
     overwrite: OverwriteOpt = False,
