@@ -104,6 +104,13 @@ def audit_cmd(
             given = [p.resolve() for p in (candidates, ranking) if p is not None]
             if (output / name).resolve() not in given:  # never an input
                 (output / name).unlink(missing_ok=True)
+        # Pictures are written once per image and kept on resume, so a fresh start must not find old ones
+        # (nor a shard part's extracted/slices/, which merge reads).
+        if (output / R.EXTRACTED_DIR).is_dir() and not any(p.resolve().is_relative_to((output / R.EXTRACTED_DIR).resolve())
+                                                             for p in (candidates, ranking) if p is not None):
+            import shutil
+
+            shutil.rmtree(output / R.EXTRACTED_DIR)
     from memprune.evaluators.audit_run import audit
     from memprune.scoring.distributed import leave
 
