@@ -150,8 +150,8 @@ def keep_pictures(
         return
     images = combine(outs, [i for i, _ in chunk])
     if not whole:
-        save_slice(out_dir, Unit(outs[0][0].batch, min(o[0].lo for o in outs), max(o[0].hi for o in outs)),
-                     chunk, images)
+        unit = Unit(outs[0][0].batch, min(o[0].lo for o in outs), max(o[0].hi for o in outs))
+        save_slice(out_dir, unit, chunk, images)
         return
     pictures = to_float(images)
     at = {i: k for k, (i, _) in enumerate(chunk)}
@@ -162,7 +162,9 @@ def keep_pictures(
 
 def save_slice(out_dir: str | os.PathLike, unit: Unit, chunk: Sequence, images: BatchImages) -> None:
     """A shard part's split batch: every candidate's view, reconstruction and slice-best generations, for merge."""
-    folder = Path(out_dir) / "extracted" / SLICES_DIR
+    from memprune.evaluators.audit_report import EXTRACTED_DIR
+
+    folder = Path(out_dir) / EXTRACTED_DIR / SLICES_DIR
     folder.mkdir(parents=True, exist_ok=True)
     for j, (_, cand) in enumerate(chunk):
         stem = safe_name(cand.id)
