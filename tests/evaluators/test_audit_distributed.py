@@ -169,3 +169,12 @@ def test_shards_split_one_batch_by_conditions_and_merge(setup, single_batch, tmp
     merge_audits(parts, tmp_path / "merged")
     _same_run(single_batch, tmp_path / "merged")
     assert _pictures(tmp_path / "merged") == _pictures(single_batch)
+    # A part that lost rows (killed mid-append) reruns its slice and writes only what is missing.
+    log = parts[1] / "results.jsonl"
+    lines = log.read_text().splitlines()
+    log.write_text("\n".join(lines[:-3]) + "\n" + lines[-3][:25])
+    audit(setup / "other.safetensors", setup / "vae.safetensors", parts[1], shard=(1, 2), resume=True, **_one_batch(setup))
+    assert sorted(log.read_text().splitlines()) == sorted(lines)
+    merge_audits(parts, tmp_path / "merged_again")
+    _same_run(single_batch, tmp_path / "merged_again")
+    assert _pictures(tmp_path / "merged_again") == _pictures(single_batch)
