@@ -110,19 +110,39 @@ class IARModel(nn.Module, ABC):
         """
         return PrefixState(labels, prefix, cfg)
 
+    def prefill_group(self, cfg: float) -> object:
+        """Which guidance values one :meth:`prefill` serves: equal groups share a state (default: each value alone).
+
+        A family whose prefix pass depends only on the batch layout (conditional rows, or conditional and null rows
+        under guidance) returns that layout, so one guided prefill serves every guidance weight.
+        """
+        return cfg
+
     def generate_from(
         self,
         state: PrefixState,
         *,
+        cfg: float | None = None,
         top_k: int = 0,
         top_p: float = 0.0,
         temperature: float = 1.0,
         greedy: bool = False,
         seed: int | None = None,
     ) -> torch.Tensor:
-        """Continue ``state`` (:meth:`prefill`) to whole sequences ``[B, seq_len]``; ``state`` is left unchanged."""
-        return self.generate(state.labels, prefix=state.prefix, cfg=state.cfg, top_k=top_k, top_p=top_p,
+        """Continue ``state`` (:meth:`prefill`) to whole sequences ``[B, seq_len]``; ``state`` is left unchanged.
+
+        ``cfg`` (default: the prefill's) may be any value of the prefill's :meth:`prefill_group`.
+        """
+        return self.generate(state.labels, prefix=state.prefix, cfg=self._guidance_for(state, cfg), top_k=top_k, top_p=top_p,
                              temperature=temperature, greedy=greedy, seed=seed)
+
+    def _guidance_for(self, state: PrefixState, cfg: float | None) -> float:
+        """``cfg`` (or the prefill's) after checking that the prefill's batch layout serves it."""
+        cfg = state.cfg if cfg is None else cfg
+        if self.prefill_group(cfg) != self.prefill_group(state.cfg):
+            raise MempruneError(f"guidance {cfg} cannot continue a prefix pass made for guidance {state.cfg}: "
+                                "prefill again with it")
+        return cfg
 
     @abstractmethod
     def hook_points(self, layer: str = "fc1") -> dict[str, nn.Module]:

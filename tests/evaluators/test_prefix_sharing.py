@@ -7,13 +7,15 @@ Three checks per family (VAR, RAR, LlamaGen), on tiny random models:
 * ``generate`` and continuations of one shared state reproduce the tokens the per-condition code produced before
   the prefix pass was split out (sha256 digests recorded with that code, commit 44d54e2, in
   ``tests/fixtures/audit/prefix_sharing_tokens.json``);
-* a state is never changed by a continuation, and the audit runs one prefill per (prefix, guidance) and batch.
+* a state is never changed by a continuation, and the audit runs one prefill per prefix, batch layout (unguided,
+  or guided with any weight) and batch.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +23,7 @@ import pytest
 import torch
 from PIL import Image
 
+from memprune.errors import MempruneError
 from memprune.evaluators.audit_candidates import Candidate
 from memprune.evaluators.conditions import AttackCondition, default_conditions, prefix_tokens
 from memprune.evaluators.multi_audit import ReferenceSet, audit_conditions, complete, prefill
@@ -52,16 +55,20 @@ def test_generate_and_shared_continuations_reproduce_the_recorded_tokens(family)
     tokens, labels = ground_truth(model)
     conds = _grid(model, name)
     assert sorted(c.key for c in conds) == sorted(recorded)
+    # Guidance 3 continues the prefill of guidance 2 (same [cond, null] layout); it has no recorded digest.
+    conds += [replace(c, cfg=3.0) for c in conds if c.cfg == 2.0]
     states = {}
     for cond in conds:
         n = prefix_tokens(model, cond.prefix)
         alone = complete(model, tokens, labels, n, cond, 5)  # generate: its own prefix pass
-        if (n, cond.cfg) not in states:
-            states[n, cond.cfg] = prefill(model, tokens, labels, n, cond)
-        state = states[n, cond.cfg]
-        shared = complete(model, tokens, labels, n, cond, 5, state)
-        assert _digest(alone) == recorded[cond.key], cond.key
+        key = (n, model.prefill_group(cond.cfg))
+        if key not in states:
+            states[key] = prefill(model, tokens, labels, n, cond)
+        shared = complete(model, tokens, labels, n, cond, 5, states[key])
+        if cond.key in recorded:
+            assert _digest(alone) == recorded[cond.key], cond.key
         assert torch.equal(shared, alone), cond.key
+    assert len(states) == 2 * len(PREFIXES[name])  # per prefix: one unguided and one guided pass
 
 
 def test_a_continuation_leaves_its_state_unchanged(family):
@@ -71,8 +78,10 @@ def test_a_continuation_leaves_its_state_unchanged(family):
     n = prefix_tokens(model, cond.prefix)
     state = prefill(model, tokens, labels, n, cond)
     first = complete(model, tokens, labels, n, cond, 0, state)
-    complete(model, tokens, labels, n, AttackCondition(cond.prefix, False, 7, 2.0), 0, state)
+    complete(model, tokens, labels, n, AttackCondition(cond.prefix, False, 7, 3.0), 0, state)
     assert torch.equal(complete(model, tokens, labels, n, cond, 0, state), first)
+    with pytest.raises(MempruneError, match="cannot continue a prefix pass"):  # the layout is the prefill's
+        model.generate_from(state, cfg=0.0)
 
 
 def _candidates(folder: Path, count: int, size: int) -> list[Candidate]:
@@ -90,7 +99,7 @@ def test_every_audit_row_equals_the_per_condition_path(family, tmp_path):
     name, model = family
     sscd = PixelSSCD()
     refs = ReferenceSet.build(model, _candidates(tmp_path, 3, model.image_size + 16), sscd, batch_size=3)
-    conds = _grid(model, name, prefixes=PREFIXES[name][1:2])
+    conds = _grid(model, name, prefixes=PREFIXES[name][1:2], cfgs=(0.0, 2.0, 3.0))
     calls = []
     original = model.prefill
     model.prefill = lambda *a, **k: calls.append(1) or original(*a, **k)  # count the prefix passes
@@ -103,5 +112,6 @@ def test_every_audit_row_equals_the_per_condition_path(family, tmp_path):
         assert torch.equal(getattr(shared, field), getattr(alone, field)), field
     assert torch.equal(shared.token_match.isnan(), alone.token_match.isnan())
     assert torch.equal(shared.token_match.nan_to_num(-1), alone.token_match.nan_to_num(-1))
-    groups = {(c.prefix, c.cfg) for c in conds}
-    assert len(calls) == 2 * len(groups) < 2 * len(conds)  # two batches, one pass per prefix and guidance
+    groups = {(c.prefix, model.prefill_group(c.cfg)) for c in conds}
+    assert len(groups) == 2  # unguided, and guided at 2 and 3
+    assert len(calls) == 2 * len(groups) < 2 * len(conds)  # two batches, one pass per prefix and batch layout

@@ -299,21 +299,30 @@ class LlamaGenModel(IARModel):
                 logits = self.transformer(chunk, None, cache)
         return LlamaGenPrefix(labels, ids, cfg, cache, logits[:, -1])
 
+    def prefill_group(self, cfg: float) -> object:
+        """A prefill serves every guidance scale of its layout: none (0 or 1) or [cond, null] (> 1)."""
+        return cfg > 1.0
+
     @torch.no_grad()
     def generate_from(
         self,
         state: LlamaGenPrefix,
         *,
+        cfg: float | None = None,
         top_k: int = 0,
         top_p: float = 0.0,
         temperature: float = 1.0,
         greedy: bool = False,
         seed: int | None = None,
     ) -> torch.Tensor:
-        """Continue a :meth:`prefill` state (left unchanged: its cache is forked) to tokens [B, n]."""
+        """Continue a :meth:`prefill` state (left unchanged: its cache is forked) to tokens [B, n]; ``cfg``: any
+        scale of the prefill's layout (default the prefill's)."""
+        if cfg is not None and (cfg < 0 or 0 < cfg < 1):
+            raise MempruneError(f"cfg {cfg} is not a LlamaGen guidance scale: use 1 (none) or a value > 1 (e.g. 2.0)")
+        cfg = self._guidance_for(state, cfg)
         if temperature <= 0 and not greedy:
             raise MempruneError(f"temperature must be > 0 (got {temperature}); use greedy=True for argmax decoding")
-        ids, cfg, n = state.prefix, state.cfg, self.seq_len
+        ids, n = state.prefix, self.seq_len
         if state.cache is None or state.last is None:
             return ids
         b, guided = ids.shape[0], cfg > 1.0

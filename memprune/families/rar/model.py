@@ -240,10 +240,15 @@ class RARModel(IARModel):
         with self._autocast():
             return prefill_tokens(self.transformer, labels, cond, prefix, cfg)
 
+    def prefill_group(self, cfg: float) -> object:
+        """A prefill serves every guidance scale of its layout: conditional only (0) or [cond, null] (any other)."""
+        return cfg != 0
+
     def generate_from(
         self,
         state: RARPrefix,
         *,
+        cfg: float | None = None,
         top_k: int = 0,
         top_p: float = 0.0,
         temperature: float = 1.0,
@@ -251,7 +256,9 @@ class RARModel(IARModel):
         seed: int | None = None,
         cfg_pow: float = 0.0,
     ) -> torch.Tensor:
-        """Continue a :meth:`prefill` state (left unchanged) to tokens [B, 256]; options as in :meth:`generate`."""
+        """Continue a :meth:`prefill` state (left unchanged) to tokens [B, 256]; options as in :meth:`generate`
+        (``cfg``: any scale of the prefill's layout, default the prefill's)."""
+        cfg = self._guidance_for(state, cfg)
         if temperature <= 0 and not greedy:
             raise MempruneError(f"temperature must be > 0 (got {temperature}); use greedy=True for argmax decoding")
         gen = None
@@ -259,7 +266,7 @@ class RARModel(IARModel):
             gen = torch.Generator(device=self.device).manual_seed(seed)
         with self._autocast():
             return continue_tokens(
-                self.transformer, state, cfg_pow=cfg_pow, temperature=temperature, greedy=greedy, top_k=top_k,
+                self.transformer, state, cfg=cfg, cfg_pow=cfg_pow, temperature=temperature, greedy=greedy, top_k=top_k,
                 top_p=top_p, generator=gen,
             )  # fmt: skip
 

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 import torch
 
+from memprune.errors import MempruneError
 from memprune.families.base import PrefixState
 from memprune.families.common import KVCache, pick_tokens
 from memprune.families.rar.transformer import RARTransformer
@@ -88,6 +89,7 @@ def continue_tokens(
     model: RARTransformer,
     state: RARPrefix,
     *,
+    cfg: float | None = None,
     cfg_pow: float = 0.0,
     temperature: float = 1.0,
     greedy: bool = False,
@@ -99,12 +101,16 @@ def continue_tokens(
 
     Args:
         model: the generator that made ``state``.
-        state: :func:`prefill_tokens` output; its ``cfg`` is the guidance scale (0 = conditional only; any other
-            value mixes ``uncond + (cond - uncond) * guidance_scale_at(step)``).
+        state: :func:`prefill_tokens` output.
+        cfg: the guidance scale (default the prefill's; 0 = conditional only, any other value mixes
+            ``uncond + (cond - uncond) * guidance_scale_at(step)`` and needs a guided prefill).
         cfg_pow: the schedule power (``guidance_scale_pow``).
         temperature, greedy, top_k, top_p, generator: see :func:`pick_tokens`.
     """
-    n, ids, cfg = model.config.image_seq_len, state.prefix, state.cfg
+    n, ids = model.config.image_seq_len, state.prefix
+    cfg = state.cfg if cfg is None else cfg
+    if (cfg != 0) != (state.cfg != 0):
+        raise MempruneError(f"guidance {cfg} needs a prefill with{'' if cfg else 'out'} the null-class rows: prefill again")
     if state.logits is None:
         return ids
     assert state.cache is not None and state.cond_ids is not None

@@ -161,14 +161,15 @@ def continue_scales(
 ) -> tuple[list[torch.Tensor], torch.Tensor]:
     """Decode the free scales of ``state`` (:func:`prefill_scales`) with ``opts``; ``state`` is left unchanged.
 
-    ``opts.cfg`` must be ``state.cfg`` (the prefill fixed the batch layout).
+    ``opts.cfg`` may be any weight of the prefill's batch layout (0 for an unguided prefill, any other value for a
+    guided one): the guidance mix happens here, per scale.
 
     Returns:
         The token maps of all S scales and the final ``f_hat`` ``[B, Cvae, pn_last, pn_last]`` (float32).
     """
     cfgv = var.config
     pns, num_scales = cfgv.patch_nums, len(cfgv.patch_nums)
-    assert state.f_hat is not None and state.cond is not None and opts.cfg == state.cfg
+    assert state.f_hat is not None and state.cond is not None and (opts.cfg != 0) == (state.cfg != 0)
     b, guided, cond = state.f_hat.shape[0], opts.cfg != 0, state.cond
     chosen, f_hat = list(state.maps), state.f_hat.clone()  # add_scale adds in place
     if state.logits is None:

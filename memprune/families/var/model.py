@@ -209,28 +209,34 @@ class VARModel(IARModel):
             prefix_maps = self.split_scales(prefix)
         return prefill_scales(self.var, self.vae.quantize, labels, prefix_maps, cfg, self.amp_dtype)
 
+    def prefill_group(self, cfg: float) -> object:
+        """A prefill serves every guidance weight of its layout: conditional only (0) or [cond, null] (any other)."""
+        return cfg != 0
+
     def generate_from(
         self,
         state: VARPrefix,
         *,
+        cfg: float | None = None,
         top_k: int = 0,
         top_p: float = 0.0,
         temperature: float = 1.0,
         greedy: bool = False,
         seed: int | None = None,
     ) -> torch.Tensor:
-        """Continue a :meth:`prefill` state (left unchanged) to ``gt_BL`` ``[B, L]``; options as in :meth:`generate`."""
-        return self._continue(state, top_k, top_p, temperature, greedy, seed)[0]
+        """Continue a :meth:`prefill` state (left unchanged) to ``gt_BL`` ``[B, L]``; options as in :meth:`generate`
+        (``cfg``: any weight of the prefill's layout, default the prefill's)."""
+        return self._continue(state, top_k, top_p, temperature, greedy, seed, self._guidance_for(state, cfg))[0]
 
     def _continue(self, state: VARPrefix, top_k: int, top_p: float, temperature: float, greedy: bool,
-                  seed: int | None) -> tuple[torch.Tensor, torch.Tensor]:
+                  seed: int | None, cfg: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         if top_k < 0 or not 0 <= top_p <= 1 or temperature <= 0:
             raise MempruneError(f"invalid sampling options top_k={top_k}, top_p={top_p}, temperature={temperature}; "
                                 "need top_k >= 0, 0 <= top_p <= 1, temperature > 0")
         generator = None
         if seed is not None:
             generator = torch.Generator(device=self.device).manual_seed(int(seed))
-        opts = SamplingOptions(cfg=state.cfg, top_k=top_k, top_p=top_p, temperature=temperature, greedy=greedy)
+        opts = SamplingOptions(cfg=state.cfg if cfg is None else cfg, top_k=top_k, top_p=top_p, temperature=temperature, greedy=greedy)
         maps, f_hat = continue_scales(self.var, self.vae.quantize, state, opts, generator, self.amp_dtype)
         return torch.cat(maps, dim=1), f_hat
 
