@@ -38,9 +38,10 @@ def generate_all(model, tokens: torch.Tensor, labels: torch.Tensor, conds, batch
         states: dict = {}
         for cond in conds:
             n = prefix_tokens(model, cond.prefix)
-            if share and (n, cond.cfg) not in states:
-                states[n, cond.cfg] = prefill(model, toks, labs, n, cond)
-            state = states[n, cond.cfg] if share else None
+            key = (n, model.prefill_group(cond.cfg))
+            if share and key not in states:
+                states[key] = prefill(model, toks, labs, n, cond)
+            state = states[key] if share else None
             out.append(complete(model, toks, labs, n, cond, start, state))
     return out
 
