@@ -77,7 +77,7 @@ def audit_cmd(
     dtype: Annotated[Literal["float32", "bfloat16", "float16"], typer.Option("--dtype", help="Transformer precision (float32: exact greedy decisions).")] = "float32",
     arch: Annotated[Family | None, typer.Option("--arch", help="Skip architecture detection.")] = None,
     num_heads: Annotated[int | None, typer.Option("--num-heads", help="LlamaGen head count, for widths that are no release (not stored in the weights).")] = None,
-    shard: Annotated[str | None, typer.Option("--shard", help="Audit only part i of n of the candidate batches (i/n, from 0); combine the part folders with `memprune merge`.")] = None,
+    shard: Annotated[str | None, typer.Option("--shard", help="Audit only part i of n of the work (i/n, from 0): every n-th candidate batch, the last round split by conditions; combine the part folders with `memprune merge`.")] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted audit in -o (same settings), skipping done candidates.")] = False,
     grid_rows: Annotated[int, typer.Option("--grid-rows", help="Most extracted images drawn in extracted_grid.png.")] = 32,
     overwrite: OverwriteOpt = False,
@@ -104,6 +104,13 @@ def audit_cmd(
             given = [p.resolve() for p in (candidates, ranking) if p is not None]
             if (output / name).resolve() not in given:  # never an input
                 (output / name).unlink(missing_ok=True)
+        # Pictures are written once per image and kept on resume, so a fresh start must not find old ones
+        # (nor a shard part's extracted/slices/, which merge reads).
+        if (output / R.EXTRACTED_DIR).is_dir() and not any(p.resolve().is_relative_to((output / R.EXTRACTED_DIR).resolve())
+                                                             for p in (candidates, ranking) if p is not None):
+            import shutil
+
+            shutil.rmtree(output / R.EXTRACTED_DIR)
     from memprune.evaluators.audit_run import audit
     from memprune.scoring.distributed import leave
 

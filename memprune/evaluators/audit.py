@@ -52,6 +52,7 @@ from memprune.evaluators.audit_candidates import (  # noqa: F401 - re-exported: 
     select_top_per_class,
     write_candidates,
 )
+from memprune.evaluators import audit_units as U
 from memprune.evaluators.audit_report import append_jsonl, read_jsonl
 from memprune.evaluators.conditions import (  # noqa: F401 - re-exported
     ATTACKS,
@@ -257,11 +258,13 @@ def run_audit(
         out_dir: folder of ``results.jsonl``; rows already there for the same (candidate, model, condition) are kept.
         progress: called as ``progress("audit", done, total)``.
         on_extracted: called per counted result that is an extraction, with the batch's images and the row in it.
-        dist: under torch.distributed, the batches are shared out over the ranks (each composed as one process
-            composes it, so every row is identical); every rank receives all rows, rank 0 alone writes.
-        shard: ``(i, n)``: audit only every n-th batch from i of the whole candidate list (batches of
-            ``settings.batch_size``, fixed whatever a resumed part has done already); ``memprune merge`` combines
-            the parts.
+        dist: under torch.distributed, the work is shared out over the ranks in units of a batch and a slice of
+            its conditions (:mod:`memprune.evaluators.audit_units`: whole batches while there are enough, the last
+            round split by conditions), each batch composed as one process composes it, so every row is
+            identical; every rank receives all rows, rank 0 alone writes.
+        shard: ``(i, n)``: audit only the units of part i of n (every n-th batch from i of the whole candidate
+            list in full rounds, condition slices of the last ones; fixed whatever a resumed part has done
+            already); ``memprune merge`` combines the parts.
 
     Returns:
         All results (earlier and new), ordered by candidate, model, prefix, condition.
@@ -289,37 +292,45 @@ def run_audit(
 
     rows = D.on_main(read, info)
     done = {(r.id, r.model, r.condition) for r in rows}
-    wanted = [(name, c.key) for name in models for c in [*conditions, *extras]]
-    mine_all = list(enumerate(candidates))
-    if shard is not None:  # a shard owns every n-th batch of the whole list, whatever it has done already
-        size = settings.batch_size
-        parts = D.shard_batches(-(-len(mine_all) // size), shard)
-        mine_all = [item for b in parts for item in mine_all[b * size : (b + 1) * size]]
-    todo = [(i, c) for i, c in mine_all if any((c.id, m, k) not in done for m, k in wanted)]
-    chunks = [todo[start : start + settings.batch_size] for start in range(0, len(todo), settings.batch_size)]
-    batches = list(range(len(chunks)))
-    total, finished = len(mine_all), len(mine_all) - len(todo)
+    allc = [*conditions, *extras]
+    size = settings.batch_size
+    indexed = list(enumerate(candidates))
+    batches = [indexed[b : b + size] for b in range(0, len(indexed), size)]
+    # The shard's units (whole batches, or condition slices of a last, incomplete round) do not depend on what is
+    # done; a unit with any row missing runs again whole (rows already on disk are not written twice).
+    units = U.shard_units(len(batches), len(allc), shard)
+    todo = [u for u in units if any((c.id, m, k.key) not in done for _, c in batches[u.batch]
+                                    for m in models for k in allc[u.lo : u.hi])]  # fmt: skip
+    ranked = U.plan(todo, info.world_size)
+    total = sum(len(batches[u.batch]) for u in units)  # a shard owns at most one slice of a batch
+    finished = total - sum(len(batches[u.batch]) for u in todo)
+    whole = {u.batch: (u.lo, u.hi) == (0, len(allc)) for u in units}
 
-    def judge(b: int) -> tuple[list[CandidateResult], list[tuple[CandidateResult, BatchImages]]]:
-        new, images = audit_batch(models, sscd, chunks[b], settings, conditions, extras)
-        new = [r for r in new if (r.id, r.model, r.condition) not in done]
-        # Only the pixels of extractions travel between ranks (one candidate's images each).
-        at = {i: j for j, (i, _) in enumerate(chunks[b])}
-        hits = [(r, _one_row(images, at[r.index])) for r in new if r.counted and r.extracted]
-        return new, hits
+    def judge(j: int) -> tuple[U.Unit, list[CandidateResult], object]:
+        unit = ranked[j]
+        chunk = batches[unit.batch]
+        counted, extra = U.slice_conditions(unit, conditions, extras)
+        new, images = audit_batch(models, sscd, chunk, settings, counted, extra)
+        if (unit.lo, unit.hi) == (0, len(allc)):  # a whole batch: only the pixels of extractions travel
+            at = {i: k for k, (i, _) in enumerate(chunk)}
+            return unit, new, [(r, U.one_row(images, at[r.index])) for r in new if r.counted and r.extracted]
+        return unit, new, U.to_bytes(images)  # a slice: every candidate's best so far (extraction is not known yet)
 
-    for mine, step in D.steps(batches, info):
-        for b, (new, hits) in zip(step, D.run_step(judge, mine, info)):
+    for mine, step in D.steps(list(range(len(ranked))), info):
+        outs = D.run_step(judge, mine, info)[: len(step)]
+        for b in dict.fromkeys(u.batch for u, _, _ in outs):  # batches in plan order; a split batch's slices together
+            mine_b = [o for o in outs if o[0].batch == b]
+            new = [r for _, part, _ in mine_b for r in part]
+            fresh = [r for r in new if (r.id, r.model, r.condition) not in done]
             if info.is_main:
-                if on_extracted is not None:
-                    for r, images in hits:
-                        on_extracted(r, images, 0)
-                append_jsonl(log, [r.to_json() for r in new])
-            rows += new
-            finished += len(chunks[b])
+                U.keep_pictures(mine_b, batches[b], new, fresh, whole[b], len(allc), out_dir, on_extracted)
+                append_jsonl(log, [r.to_json() for r in fresh])
+            rows += fresh
+            done.update((r.id, r.model, r.condition) for r in fresh)
+            finished += len(batches[b])
             if progress:
-                progress("audit", finished, total)
-    return order_results(rows, list(models), [c.key for c in [*conditions, *extras]])
+                progress("audit", min(finished, total), total)
+    return order_results(rows, list(models), [c.key for c in allc])
 
 
 def order_results(rows: Sequence[CandidateResult], models: Sequence[str], keys: Sequence[str]) -> list[CandidateResult]:
@@ -327,12 +338,6 @@ def order_results(rows: Sequence[CandidateResult], models: Sequence[str], keys: 
     order = {name: k for k, name in enumerate(models)}
     position = {key: k for k, key in enumerate(keys)}
     return sorted(rows, key=lambda r: (r.index, order.get(r.model, len(order)), r.prefix, position.get(r.condition, -1)))
-
-
-def _one_row(images: BatchImages, row: int) -> BatchImages:
-    pick = slice(row, row + 1)
-    return BatchImages(images.views[pick].clone(), images.recons[pick].clone(),
-                       {name: g[pick].clone() for name, g in images.generations.items()})
 
 
 def read_results(log: str | os.PathLike) -> list[CandidateResult]:

@@ -17,17 +17,16 @@ import json
 import math
 import os
 import re
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, replace
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
 from PIL import Image
 
-from memprune.data import ImageRecord, check_labels, load_image, to_tensor
+from memprune.data import ImageRecord, load_image, to_tensor
 from memprune.errors import MempruneError
-from memprune.evaluators.audit_report import append_jsonl, read_jsonl
 from memprune.families.base import IARModel
 
 if TYPE_CHECKING:
@@ -75,37 +74,58 @@ def read_candidates(path: str | os.PathLike, data_root: str | os.PathLike | None
             number in [0, 1], or images that do not exist.
     """
     p = Path(path)
-    if not p.is_file():
-        raise MempruneError(f"candidate list {p} does not exist: pass a CSV (path,label) or JSONL file to --candidates")
+    return resolve_paths(list(iter_candidates(p)), p, data_root)
+
+
+def iter_candidates(path: Path) -> Iterator[Candidate]:
+    """The rows of a candidate list one at a time, checked, with paths as written (see :func:`resolve_paths`).
+
+    Streams the file (a ranking of 1.28 M images is never held whole). Raises as :func:`read_candidates`.
+    """
+    if not path.is_file():
+        raise MempruneError(f"candidate list {path} does not exist: pass a CSV (path,label) or JSONL file to --candidates")
+    n = 0
     try:
-        text = p.read_text(encoding="utf-8")
-        if p.suffix.lower() in (".jsonl", ".json"):
-            rows = [json.loads(line) for line in text.splitlines() if line.strip()]
-        else:
-            rows = list(csv.DictReader(text.splitlines()))
+        with open(path, encoding="utf-8", newline="") as fh:
+            jsonl = path.suffix.lower() in (".jsonl", ".json")
+            rows = (json.loads(line) for line in fh if line.strip()) if jsonl else csv.DictReader(fh)
+            for n, row in enumerate(rows, start=1):
+                yield _candidate_of(row, path, n)
     except (OSError, UnicodeDecodeError, json.JSONDecodeError, csv.Error) as exc:
-        raise MempruneError(f"cannot read candidate list {p} ({exc}): give a CSV with header path,label or JSONL") from None
-    if not rows:
-        raise MempruneError(f"candidate list {p} is empty: list at least one image (CSV header path,label)")
+        raise MempruneError(f"cannot read candidate list {path} ({exc}): give a CSV with header path,label or JSONL") from None
+    if n == 0:
+        raise MempruneError(f"candidate list {path} is empty: list at least one image (CSV header path,label)")
+
+
+def _candidate_of(row: object, path: Path, n: int) -> Candidate:
+    if not isinstance(row, dict):
+        raise MempruneError(f"{path} row {n} is not an object with path and label: write one JSON object per line")
+    name = str(row.get("path") or row.get("id") or "").strip()
+    label = str(row.get("label", "")).strip()
+    if not name or not _INT.fullmatch(label):
+        raise MempruneError(f"{path} row {n} needs a path (or id) and an integer label, got {row!r}")
+    hit = _hit_rate(row.get("hit_rate"), path, n)
+    selected_by = tuple(s for s in str(row.get("selected_by") or "").split(";") if s)
+    return Candidate(Path(name), int(label), str(row.get("id") or name), hit, selected_by)
+
+
+def resolve_paths(candidates: Sequence[Candidate], listed_in: Path, data_root: str | os.PathLike | None) -> list[Candidate]:
+    """The candidates with absolute paths of existing images: relative ones under ``data_root``, else beside the list.
+
+    Raises:
+        MempruneError: images that do not exist.
+    """
     roots = [Path(data_root)] if data_root is not None and Path(data_root).is_dir() else []
-    roots.append(p.parent)
+    roots.append(listed_in.parent)
     out, missing = [], []
-    for n, row in enumerate(rows, start=1):
-        if not isinstance(row, dict):
-            raise MempruneError(f"{p} row {n} is not an object with path and label: write one JSON object per line")
-        name = str(row.get("path") or row.get("id") or "").strip()
-        label = str(row.get("label", "")).strip()
-        if not name or not _INT.fullmatch(label):
-            raise MempruneError(f"{p} row {n} needs a path (or id) and an integer label, got {row!r}")
-        hit = _hit_rate(row.get("hit_rate"), p, n)
-        selected_by = tuple(s for s in str(row.get("selected_by") or "").split(";") if s)
-        image = Path(name)
+    for c in candidates:
+        image = c.path
         found = image if image.is_absolute() else next((r / image for r in roots if (r / image).is_file()), None)
         if found is None or not found.is_file():
-            missing.append(name)
+            missing.append(str(image))
             continue
         # Absolute, so that results.csv / candidates.csv written elsewhere still point at the image.
-        out.append(Candidate(found.absolute(), int(label), str(row.get("id") or name), hit, selected_by))
+        out.append(Candidate(found.absolute(), c.label, c.id, c.hit_rate, c.selected_by))
     if missing:
         where = " or ".join(str(r) for r in roots)
         raise MempruneError(
@@ -150,17 +170,14 @@ def check_unique(candidates: Sequence[Candidate]) -> None:
 
 def select_top_per_class(scored: Sequence[Candidate], per_class: int) -> list[Candidate]:
     """The ``per_class`` highest greedy-hit rates of every class (ties broken by image id), class by class."""
-    if per_class < 1:
-        raise MempruneError(f"--per-class {per_class} selects nothing: give a positive number (the attack uses 5)")
-    by_class: dict[int, list[Candidate]] = {}
+    from memprune.evaluators.audit_scan import TopPerClass
+
+    top = TopPerClass(per_class)
     for c in scored:
         if c.hit_rate is None:
             raise MempruneError(f"image {c.id} has no greedy-hit rate: run the selection scan first")
-        by_class.setdefault(c.label, []).append(c)
-    out: list[Candidate] = []
-    for label in sorted(by_class):
-        out += sorted(by_class[label], key=lambda c: (-c.hit_rate, c.id))[:per_class]  # type: ignore[operator]
-    return out
+        top.add(c, c.hit_rate)
+    return top.ranked()
 
 
 # ---------------------------------------------------------------------------------------------- model facts
@@ -223,6 +240,7 @@ def greedy_hit_rates(model: IARModel, tokens: torch.Tensor, labels: torch.Tensor
 
 
 # ---------------------------------------------------------------------------------------------- selection
+# The scan itself lives in memprune.evaluators.audit_scan (bounded per-class top-k); these are its entry points.
 def scan_models(
     models: Mapping[str, IARModel],
     candidates: Sequence[Candidate],
@@ -234,58 +252,17 @@ def scan_models(
 ) -> dict[str, list[Candidate]]:
     """Greedy-hit rate of every image under every model; each image is tokenized once (first model's tokenizer).
 
+    Keeps every rate (memory grows with the images); :func:`select_candidates` keeps only each class's top k.
     ``logs[name]`` (JSON lines) receives the rates of model ``name`` batch by batch and is reused when present,
-    so an interrupted scan resumes. Under torch.distributed (``dist``) the batches are shared out over the
-    ranks (composed as one process composes them, so the rates are identical), every rank receives all rates,
-    and rank 0 alone reads and appends the logs.
+    so an interrupted scan resumes; ``dist`` as in :func:`memprune.evaluators.audit_scan.scan_top`.
 
     Returns:
         name -> the candidates with ``hit_rate`` set by that model, in input order.
     """
-    from memprune.scoring import distributed as D
+    from memprune.evaluators.audit_scan import scan_top
 
-    if not models:
-        raise MempruneError("no model to scan")
-    info = dist or D.DistInfo()
-    first = next(iter(models.values()))
-    check_labels(candidates, first.num_classes)  # type: ignore[arg-type]
-    done = D.on_main(lambda: {name: _read_scan(logs.get(name) if logs else None) for name in models}, info)
-    todo = [c for c in candidates if any(c.id not in done[name] for name in models)]
-    total = len(candidates)
-    chunks = [todo[start : start + batch_size] for start in range(0, len(todo), batch_size)]
-
-    def rates_of(b: int) -> dict[str, list[float]]:
-        tokens = first.encode(load_views(chunks[b], first).to(first.device))
-        labels = torch.tensor([c.label for c in chunks[b]])
-        return {name: greedy_hit_rates(model, tokens.to(model.device), labels.to(model.device)).tolist()
-                for name, model in models.items()}  # fmt: skip
-
-    finished = total - len(todo)
-    for mine, step in D.steps(list(range(len(chunks))), info):
-        for b, rates in zip(step, D.run_step(rates_of, mine, info)):
-            for name in models:
-                rows = [{"id": c.id, "label": c.label, "hit_rate": r}
-                        for c, r in zip(chunks[b], rates[name]) if c.id not in done[name]]  # fmt: skip
-                done[name].update((row["id"], row["hit_rate"]) for row in rows)
-                if logs and name in logs and info.is_main:
-                    append_jsonl(logs[name], rows)
-            finished += len(chunks[b])
-            if progress:
-                progress("scan", finished, total)
-    return {name: [replace(c, hit_rate=done[name][c.id]) for c in candidates] for name in models}
-
-
-def _read_scan(log: str | os.PathLike | None) -> dict[str, float]:
-    out: dict[str, float] = {}
-    for n, row in enumerate(read_jsonl(log, repair=True), start=1):
-        try:
-            rate = float(row["hit_rate"])
-            out[str(row["id"])] = rate
-        except (KeyError, TypeError, ValueError):
-            raise MempruneError(f"{log} line {n} is not a scan row (id, hit_rate): delete the file to rescan") from None
-        if not 0.0 <= rate <= 1.0:
-            raise MempruneError(f"{log} line {n} has hit_rate {rate}, not in [0, 1]: delete the file to rescan")
-    return out
+    tops = scan_top(models, candidates, None, batch_size=batch_size, logs=logs, progress=progress, dist=dist)
+    return {name: top.in_input_order() for name, top in tops.items()}
 
 
 def scan_hit_rates(
@@ -311,21 +288,15 @@ def select_candidates(
     progress: Progress | None = None,
     dist: DistInfo | None = None,
 ) -> list[Candidate]:
-    """The union of every model's top ``per_class`` per class (see :func:`scan_models` for ``logs`` and ``dist``).
+    """The union of every model's top ``per_class`` per class, scanned in memory bounded by classes x per_class
+    (:func:`memprune.evaluators.audit_scan.scan_top` for ``logs`` and ``dist``).
 
     Order: class by class; within a class the first model's picks (its ranking), then the others' new ones.
     Each candidate keeps the highest hit rate over the models that picked it and their names in ``selected_by``.
     """
-    scanned = scan_models(models, images, batch_size=batch_size, logs=logs, progress=progress, dist=dist)
-    picks = {name: select_top_per_class(rows, per_class) for name, rows in scanned.items()}
-    merged: dict[str, Candidate] = {}
-    for name, rows in picks.items():
-        for c in rows:
-            old = merged.get(c.id)
-            if old is None:
-                merged[c.id] = replace(c, selected_by=(name,))
-            else:
-                merged[c.id] = replace(old, hit_rate=max(old.hit_rate or 0.0, c.hit_rate or 0.0),
-                                       selected_by=(*old.selected_by, name))
-    position = {c.id: k for k, c in enumerate(merged.values())}
-    return sorted(merged.values(), key=lambda c: (c.label, position[c.id]))
+    from memprune.evaluators.audit_scan import scan_top, select_from_scan
+
+    if per_class < 1:
+        raise MempruneError(f"--per-class {per_class} selects nothing: give a positive number (the attack uses 5)")
+    tops = scan_top(models, images, per_class, batch_size=batch_size, logs=logs, progress=progress, dist=dist)
+    return select_from_scan(tops)

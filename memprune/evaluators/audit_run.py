@@ -91,7 +91,9 @@ def audit(
     def read() -> tuple[list[A.Candidate] | None, list[A.Candidate] | None]:
         cands, images = _read_candidates(output, resume, candidates_file, data, class_index, ranking)
         if ranking is not None and cands is None:  # the top per class of an earlier scan: no rescan of --data
-            ranked = A.select_top_per_class(A.read_candidates(ranking, data), per_class)
+            from memprune.evaluators.audit_scan import top_of_ranking
+
+            ranked = top_of_ranking(ranking, data, per_class)  # streamed: memory O(classes x per_class)
             cands = [replace(c, selected_by=("ranking",)) for c in ranked]
             A.check_unique(cands)
         return cands, images

@@ -1,8 +1,10 @@
 """``memprune merge`` for audit and FID parts: combine the folders of ``--shard i/n`` runs exactly.
 
-Audit parts hold disjoint candidate batches of one candidate list: their result rows are concatenated (each row
-was computed on a batch composed as one process composes it, so nothing changes) and the summary, table and
-grid are written as a single run writes them. FID parts hold the Inception features of disjoint generation
+Audit parts hold disjoint units of one candidate list (whole candidate batches, or condition slices of a batch
+when there were fewer batches left than parts): their result rows are concatenated (each row was computed on a
+batch composed as one process composes it, so nothing changes) and the summary, table and grid are written as a
+single run writes them; for a batch split by conditions the pictures of its extractions are chosen from the
+parts' slices as one process chooses them (the generation of the highest cosine, the first condition on ties). FID parts hold the Inception features of disjoint generation
 batches: they are added to the statistics batch by batch in batch order, exactly the float64 accumulation of a
 single run, so mean, covariance, FID and KID are bit-identical to it.
 """
@@ -84,6 +86,7 @@ def merge_audits(folders: Sequence[str | os.PathLike], output: str | os.PathLike
     from memprune.evaluators import audit_report as R
     from memprune.evaluators.audit import order_results, read_results
     from memprune.evaluators.audit_run import CANDIDATES_CSV, finish_audit
+    from memprune.evaluators.audit_units import finish_slices
 
     out = Path(output)
     paths, parts = _read_parts(folders, "audit_part.json", "audit")
@@ -120,6 +123,7 @@ def merge_audits(folders: Sequence[str | os.PathLike], output: str | os.PathLike
             (out / R.EXTRACTED_DIR).mkdir(exist_ok=True)
             if not (out / R.EXTRACTED_DIR / f.name).exists():
                 shutil.copyfile(f, out / R.EXTRACTED_DIR / f.name)
+    finish_slices(paths, out, rows, inputs["model_names"], inputs["keys"])  # batches split by conditions over parts
     summary = finish_audit(out, rows, inputs)
     return MergedParts("audit", out, len(paths), summary)
 

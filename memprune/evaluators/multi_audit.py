@@ -13,6 +13,11 @@ Nothing is written to disk here; :mod:`memprune.evaluators.audit` adds the resum
 Sampled conditions seed one ``torch.Generator`` per batch: the batch whose first candidate has (global) index
 ``i`` samples with ``seed + 1_000_003 * i`` (the first batch with ``seed`` itself). Results are therefore
 reproducible for a given batch size, which the reports record.
+
+Within a batch, conditions that share a prefix and a batch layout (unguided, or guided with any weight) share
+its prefix pass: the family's ``prefill`` runs the forced tokens once (filling the KV cache and the raw logits
+of the first free position, before any guidance mix) and every condition continues from a copy
+(``generate_from``), bit-identical to a ``generate`` per condition.
 """
 
 from __future__ import annotations
@@ -29,7 +34,7 @@ from memprune.evaluators.audit_candidates import Candidate, check_unique, load_v
 from memprune.evaluators.audit_report import cosine_distribution
 from memprune.evaluators.conditions import AttackCondition, prefix_tokens
 from memprune.evaluators.sscd import COPY_THRESHOLD, SSCDBackend, SSCDEmbeddings
-from memprune.families.base import IARModel
+from memprune.families.base import IARModel, PrefixState
 
 SEED_STRIDE = 1_000_003
 """Sampled batch starting at candidate ``i`` uses ``seed + SEED_STRIDE * i``."""
@@ -250,6 +255,7 @@ def audit_conditions(
     batch_size: int = 16,
     keep_images: bool = False,
     progress: Progress | None = None,
+    share_prefix: bool = True,
 ) -> ConditionAudit:
     """Complete every reference candidate under every condition with ``model`` and compare with SSCD.
 
@@ -266,6 +272,10 @@ def audit_conditions(
         batch_size: candidates per generation batch.
         keep_images: keep each candidate's best generation (for grids).
         progress: called as ``progress("audit", done, total)`` after each batch (all its conditions).
+        share_prefix: run the ground-truth prefix pass (and fill its KV cache) once per batch, prefix and batch
+            layout (unguided, or guided with any weight: ``model.prefill_group``), and continue every condition of
+            that prefix (greedy, each seed, each guidance weight of the layout) from it. ``False`` reruns
+            it inside each condition's ``generate`` (the reference path; the results are bit-identical).
     """
     if not conditions:
         raise MempruneError("no attack condition to run: give at least one (default_conditions)")
@@ -276,6 +286,8 @@ def audit_conditions(
     refs.check_model(model)
     n_tok = [prefix_tokens(model, c.prefix) for c in conditions]  # validates every prefix before any work
     n, c_count = len(refs), len(conditions)
+    groups = [(nk, model.prefill_group(c.cfg)) for c, nk in zip(conditions, n_tok)]  # what one prefill serves
+    last_use = {key: k for k, key in enumerate(groups)}  # a state is freed after its last condition
     sim = torch.empty(n, c_count)
     sim_img = torch.empty(n, c_count)
     match = torch.full((n, c_count), float("nan"))
@@ -286,8 +298,15 @@ def audit_conditions(
         labels = refs.labels[start:stop].to(model.device)
         ref, view = refs.reference[start:stop], refs.view[start:stop]
         batch_best: torch.Tensor | None = None
+        states: dict[tuple[int, object], PrefixState | None] = {}
         for k, (cond, nk) in enumerate(zip(conditions, n_tok)):
-            gen_tokens = complete(model, tokens, labels, nk, cond, refs.indices[start])
+            state = None
+            if share_prefix:  # one prefix pass per prefix and batch layout, continued by each of its conditions
+                key = groups[k]
+                if key not in states:
+                    states[key] = prefill(model, tokens, labels, nk, cond)
+                state = states.pop(key) if last_use[key] == k else states[key]
+            gen_tokens = complete(model, tokens, labels, nk, cond, refs.indices[start], state)
             gen = model.decode(gen_tokens).float().clamp(0, 1).cpu()
             emb = sscd.embed(gen, batch_size=stop - start)
             sim[start:stop, k], sim_img[start:stop, k] = emb.cosine(ref), emb.cosine(view)
@@ -306,15 +325,31 @@ def audit_conditions(
     return ConditionAudit(list(conditions), refs.ids, threshold, sim, sim_img, match, best)
 
 
+def prefill(
+    model: IARModel, tokens: torch.Tensor, labels: torch.Tensor, n: int, cond: AttackCondition
+) -> PrefixState | None:
+    """The prefix pass of the first ``n`` ground-truth tokens under ``cond``'s guidance (``None``: nothing to generate)."""
+    if n >= model.seq_len:
+        return None
+    return model.prefill(labels, tokens[:, :n], cfg=cond.cfg)
+
+
 def complete(
-    model: IARModel, tokens: torch.Tensor, labels: torch.Tensor, n: int, cond: AttackCondition, first_index: int = 0
+    model: IARModel, tokens: torch.Tensor, labels: torch.Tensor, n: int, cond: AttackCondition, first_index: int = 0,
+    state: PrefixState | None = None,
 ) -> torch.Tensor:
-    """Generate from the first ``n`` ground-truth tokens under ``cond`` (the batch starts at ``first_index``)."""
+    """Generate from the first ``n`` ground-truth tokens under ``cond`` (the batch starts at ``first_index``).
+
+    With ``state`` (:func:`prefill` of the same tokens and ``n``, under a guidance of the same
+    ``model.prefill_group``) the prefix pass is not run again.
+    """
     if n >= model.seq_len:
         return tokens.clone()  # the whole sequence is forced: nothing left to generate
     seed = None if cond.greedy else int(cond.seed) + SEED_STRIDE * first_index  # type: ignore[arg-type]
+    if state is not None:
+        return model.generate_from(state, cfg=cond.cfg, top_k=cond.top_k, top_p=cond.top_p,
+                                   temperature=cond.temperature, greedy=cond.greedy, seed=seed)  # fmt: skip
     return model.generate(
         labels, prefix=tokens[:, :n], cfg=cond.cfg, top_k=cond.top_k, top_p=cond.top_p,
         temperature=cond.temperature, greedy=cond.greedy, seed=seed,
     )  # fmt: skip
-

@@ -39,6 +39,26 @@ class PositionGroup:
     end: int
 
 
+@dataclass
+class PrefixState:
+    """A batch after its ground-truth prefix pass: what every continuation of that prefix starts from.
+
+    :meth:`IARModel.prefill` makes it and :meth:`IARModel.generate_from` continues it, any number of times
+    (greedy, each seed): a continuation never changes the state. This base form only records the inputs, so a
+    family without its own prefill reruns the prefix inside :meth:`IARModel.generate` (correct, not shared);
+    VAR, RAR and LlamaGen subclass it with their KV caches and the logits of the first generated position.
+
+    Attributes:
+        labels: raw class ids ``[B]``.
+        prefix: forced tokens ``[B, N]``.
+        cfg: guidance in the family's convention; fixed by the prefill (with guidance the batch is doubled).
+    """
+
+    labels: torch.Tensor
+    prefix: torch.Tensor
+    cfg: float
+
+
 class IARModel(nn.Module, ABC):
     """A class-conditional image autoregressive model together with its tokenizer."""
 
@@ -80,6 +100,49 @@ class IARModel(nn.Module, ABC):
         ``cfg`` follows the family's own published convention (VAR: guidance weight, 0 = none;
         RAR/LlamaGen: guidance scale, 1 = none); each implementation documents it.
         """
+
+    def prefill(self, labels: torch.Tensor, prefix: torch.Tensor, *, cfg: float = 0.0) -> PrefixState:
+        """Run the ground-truth ``prefix`` ``[B, N]`` once, for any number of continuations by :meth:`generate_from`.
+
+        ``generate(labels, prefix=p, cfg=c, ...)`` equals ``generate_from(prefill(labels, p, cfg=c), ...)`` bit
+        for bit, and so does every further continuation of the same state. The default keeps the inputs only
+        (the prefix then runs again in each continuation); a family overrides it to share the prefix pass.
+        """
+        return PrefixState(labels, prefix, cfg)
+
+    def prefill_group(self, cfg: float) -> object:
+        """Which guidance values one :meth:`prefill` serves: equal groups share a state (default: each value alone).
+
+        A family whose prefix pass depends only on the batch layout (conditional rows, or conditional and null rows
+        under guidance) returns that layout, so one guided prefill serves every guidance weight.
+        """
+        return cfg
+
+    def generate_from(
+        self,
+        state: PrefixState,
+        *,
+        cfg: float | None = None,
+        top_k: int = 0,
+        top_p: float = 0.0,
+        temperature: float = 1.0,
+        greedy: bool = False,
+        seed: int | None = None,
+    ) -> torch.Tensor:
+        """Continue ``state`` (:meth:`prefill`) to whole sequences ``[B, seq_len]``; ``state`` is left unchanged.
+
+        ``cfg`` (default: the prefill's) may be any value of the prefill's :meth:`prefill_group`.
+        """
+        return self.generate(state.labels, prefix=state.prefix, cfg=self._guidance_for(state, cfg), top_k=top_k, top_p=top_p,
+                             temperature=temperature, greedy=greedy, seed=seed)
+
+    def _guidance_for(self, state: PrefixState, cfg: float | None) -> float:
+        """``cfg`` (or the prefill's) after checking that the prefill's batch layout serves it."""
+        cfg = state.cfg if cfg is None else cfg
+        if self.prefill_group(cfg) != self.prefill_group(state.cfg):
+            raise MempruneError(f"guidance {cfg} cannot continue a prefix pass made for guidance {state.cfg}: "
+                                "prefill again with it")
+        return cfg
 
     @abstractmethod
     def hook_points(self, layer: str = "fc1") -> dict[str, nn.Module]:

@@ -44,6 +44,23 @@ class KVCache:
         vb[:, :, self.length : end] = v
         return kb[:, :, :end], vb[:, :, :end]
 
+    def fork(self) -> KVCache:
+        """An independent cache holding the same rows, to continue from here without touching this one.
+
+        Buffers of the same shape (hence the same strides) receive the stored rows; the rows after them are
+        written before they are ever read, as in the original. Attention over the copy therefore computes
+        exactly what it computes over this cache.
+        """
+        other = KVCache(len(self._k), self.max_len)
+        other.length = self.length
+        for layer, (kb, vb) in enumerate(zip(self._k, self._v)):
+            if kb is None or vb is None:
+                continue
+            other._k[layer], other._v[layer] = kb.new_empty(kb.shape), vb.new_empty(vb.shape)
+            other._k[layer][:, :, : self.length] = kb[:, :, : self.length]  # type: ignore[index]
+            other._v[layer][:, :, : self.length] = vb[:, :, : self.length]  # type: ignore[index]
+        return other
+
 
 def _filter_top_k_top_p(logits: torch.Tensor, top_k: int, top_p: float) -> torch.Tensor:
     """Set logits outside the top-k / nucleus (top-p) sets to -inf; 0 disables either filter."""

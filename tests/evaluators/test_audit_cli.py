@@ -127,6 +127,15 @@ def test_full_prefix_reproduces_the_reconstruction(setup, tmp_path):
     res = _audit(setup, "--candidates", tmp_path / "o" / "candidates.csv", "--attack", "paper", "--prefix", "4",
                  "-o", tmp_path / "t", "-q")
     assert res.exit_code == 0 and "extracted 2 of 2 candidates" in res.output
+    # --overwrite starts over: no picture of the earlier run survives (pictures are written once per image).
+    kept = sorted(p.name for p in (tmp_path / "t" / "extracted").glob("*.png"))
+    (tmp_path / "t" / "extracted" / "slices").mkdir()
+    (tmp_path / "t" / "extracted" / "slices" / "stale_model_c0-1.png").write_bytes(b"old")
+    (tmp_path / "t" / "extracted" / "stale_model.png").write_bytes(b"old")
+    res = _audit(setup, "--candidates", tmp_path / "c.csv", "--data", setup / "data", "--attack", "paper", "--prefix", "4",
+                 "-o", tmp_path / "t", "-q", "--overwrite")
+    assert res.exit_code == 0, res.output
+    assert sorted(p.name for p in (tmp_path / "t" / "extracted").iterdir()) == kept
 
 
 def test_bad_inputs_give_one_line_errors(setup, tmp_path):

@@ -123,3 +123,58 @@ def test_a_saved_ranking_picks_candidates_without_rescanning(setup, single, tmp_
     with pytest.raises(MempruneError, match="pass one"):
         audit(setup / "other.safetensors", setup / "vae.safetensors", tmp_path / "x",
               **{**kwargs, "candidates_file": single[0] / "candidates.csv"})
+
+
+# ---------------------------------------------------------------------------------------------- fewer batches than workers
+def _one_batch(setup: Path) -> dict:
+    """One batch of all 4 candidates under 4 conditions: 2 ranks (or 2 shards) split it by conditions."""
+    from memprune.evaluators.audit import AuditSettings
+
+    return {**audit_kwargs(setup), "settings": AuditSettings(prefixes=(1, 2), seeds=(0,), batch_size=4)}
+
+
+def _pictures(folder: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted((folder / "extracted").glob("*.png"))}
+
+
+@pytest.fixture(scope="module")
+def single_batch(setup, tmp_path_factory):
+    from memprune.evaluators.audit_run import audit
+
+    out = tmp_path_factory.mktemp("one_batch") / "audit"
+    audit(setup / "other.safetensors", setup / "vae.safetensors", out, **_one_batch(setup))
+    assert _pictures(out)  # something is extracted, so the pictures below are compared
+    return out
+
+
+@pytest.mark.slow
+def test_two_ranks_split_one_batch_by_conditions(setup, single_batch, tmp_path):
+    out = tmp_path / "dist"
+    _spawn(setup, out, {"settings": _one_batch(setup)["settings"]})
+    _same_run(single_batch, out)
+    # Each extraction's pictures: the generation of the highest cosine over all conditions, chosen across ranks.
+    assert _pictures(out) == _pictures(single_batch)
+
+
+@pytest.mark.slow
+def test_shards_split_one_batch_by_conditions_and_merge(setup, single_batch, tmp_path):
+    from memprune.evaluators.audit_run import audit
+    from memprune.evaluators.merge_parts import merge_audits
+
+    parts = [tmp_path / f"p{i}" for i in range(2)]
+    for i, part in enumerate(parts):
+        audit(setup / "other.safetensors", setup / "vae.safetensors", part, shard=(i, 2), **_one_batch(setup))
+        keys = {json.loads(line)["condition"] for line in (part / "results.jsonl").read_text().splitlines()}
+        assert len(keys) == 2  # half of the 4 conditions each, on the same batch
+    merge_audits(parts, tmp_path / "merged")
+    _same_run(single_batch, tmp_path / "merged")
+    assert _pictures(tmp_path / "merged") == _pictures(single_batch)
+    # A part that lost rows (killed mid-append) reruns its slice and writes only what is missing.
+    log = parts[1] / "results.jsonl"
+    lines = log.read_text().splitlines()
+    log.write_text("\n".join(lines[:-3]) + "\n" + lines[-3][:25])
+    audit(setup / "other.safetensors", setup / "vae.safetensors", parts[1], shard=(1, 2), resume=True, **_one_batch(setup))
+    assert sorted(log.read_text().splitlines()) == sorted(lines)
+    merge_audits(parts, tmp_path / "merged_again")
+    _same_run(single_batch, tmp_path / "merged_again")
+    assert _pictures(tmp_path / "merged_again") == _pictures(single_batch)

@@ -23,6 +23,7 @@ import math
 import os
 import re
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -31,7 +32,7 @@ from torch import nn
 from memprune.errors import MempruneError
 from memprune.families.common import KVCache, load_into, pick_tokens
 from memprune.families.common import amp_dtype as _amp_dtype
-from memprune.families.base import IARModel, PositionGroup
+from memprune.families.base import IARModel, PositionGroup, PrefixState
 from memprune.families.llamagen.spec import SPEC
 from memprune.families.llamagen.transformer import (
     HEADS_BY_WIDTH,
@@ -172,6 +173,17 @@ def image_size_from_name(path: str | os.PathLike) -> int | None:
     return int(m.group(1)) if m else None
 
 
+@dataclass
+class LlamaGenPrefix(PrefixState):
+    """A LlamaGen batch after the class row and its prefix: the cache and the raw logits of token N.
+
+    ``cache`` and ``last`` (float32 ``[B or 2B, V]``, before guidance) are ``None`` when the prefix is whole.
+    """
+
+    cache: KVCache | None = None
+    last: torch.Tensor | None = None
+
+
 class LlamaGenModel(IARModel):
     """LlamaGen c2i generator + VQ tokenizer behind the architecture-independent :class:`IARModel` API.
 
@@ -260,10 +272,15 @@ class LlamaGenModel(IARModel):
 
         The cache lives only inside this call, so the model never keeps KV buffers (no state-dict pollution).
         """
+        state = self.prefill(labels, prefix, cfg=cfg)
+        return self.generate_from(state, top_k=top_k, top_p=top_p, temperature=temperature, greedy=greedy, seed=seed)
+
+    @torch.no_grad()
+    def prefill(self, labels: torch.Tensor, prefix: torch.Tensor | None, *, cfg: float = 1.0) -> LlamaGenPrefix:
+        """The class row and the ``prefix`` chunk of :meth:`generate` (the official prefill), kept with the logits
+        of token N for any number of continuations by :meth:`generate_from`; ``cfg > 1`` batches [cond, null]."""
         if cfg < 0 or 0 < cfg < 1:
             raise MempruneError(f"cfg {cfg} is not a LlamaGen guidance scale: use 1 (none) or a value > 1 (e.g. 2.0)")
-        if temperature <= 0 and not greedy:
-            raise MempruneError(f"temperature must be > 0 (got {temperature}); use greedy=True for argmax decoding")
         cond = self.class_ids(labels)
         b, n = cond.shape[0], self.seq_len
         ids = self._token_ids(prefix if prefix is not None else torch.zeros(b, 0, dtype=torch.long), "prefix")
@@ -272,22 +289,54 @@ class LlamaGenModel(IARModel):
         guided = cfg > 1.0
         if guided:
             cond = torch.cat([cond, torch.full_like(cond, self.transformer.config.null_class_id)])
-        gen = torch.Generator(device=self.device).manual_seed(seed) if seed is not None else None
+        if ids.shape[1] == n:  # the whole image is forced: nothing to predict
+            return LlamaGenPrefix(labels, ids, cfg)
         cache = KVCache(len(self.transformer.layers), max_len=n)  # rows: class + tokens 0..n-2
         with self._autocast():
             logits = self.transformer(ids[:, :0].repeat(2 if guided else 1, 1), cond, cache)  # class row
             if ids.shape[1]:
                 chunk = torch.cat([ids, ids]) if guided else ids
                 logits = self.transformer(chunk, None, cache)
+        return LlamaGenPrefix(labels, ids, cfg, cache, logits[:, -1])
+
+    def prefill_group(self, cfg: float) -> object:
+        """A prefill serves every guidance scale of its layout: none (0 or 1) or [cond, null] (> 1)."""
+        return cfg > 1.0
+
+    @torch.no_grad()
+    def generate_from(
+        self,
+        state: LlamaGenPrefix,
+        *,
+        cfg: float | None = None,
+        top_k: int = 0,
+        top_p: float = 0.0,
+        temperature: float = 1.0,
+        greedy: bool = False,
+        seed: int | None = None,
+    ) -> torch.Tensor:
+        """Continue a :meth:`prefill` state (left unchanged: its cache is forked) to tokens [B, n]; ``cfg``: any
+        scale of the prefill's layout (default the prefill's)."""
+        if cfg is not None and (cfg < 0 or 0 < cfg < 1):
+            raise MempruneError(f"cfg {cfg} is not a LlamaGen guidance scale: use 1 (none) or a value > 1 (e.g. 2.0)")
+        cfg = self._guidance_for(state, cfg)
+        if temperature <= 0 and not greedy:
+            raise MempruneError(f"temperature must be > 0 (got {temperature}); use greedy=True for argmax decoding")
+        ids, n = state.prefix, self.seq_len
+        if state.cache is None or state.last is None:
+            return ids
+        b, guided = ids.shape[0], cfg > 1.0
+        gen = torch.Generator(device=self.device).manual_seed(seed) if seed is not None else None
+        cache, last = state.cache.fork(), state.last
+        with self._autocast():
             while True:
-                last = logits[:, -1]
                 if guided:
                     last = last[b:] + (last[:b] - last[b:]) * cfg
                 nxt = pick_tokens(last, temperature=temperature, greedy=greedy, top_k=top_k, top_p=top_p, generator=gen)
                 ids = torch.cat([ids, nxt], dim=1)
                 if ids.shape[1] == n:
                     return ids
-                logits = self.transformer(torch.cat([nxt, nxt]) if guided else nxt, None, cache)
+                last = self.transformer(torch.cat([nxt, nxt]) if guided else nxt, None, cache)[:, -1]
 
     def hook_points(self, layer: str = "fc1") -> dict[str, nn.Module]:
         """``layers.{i}.feed_forward`` -> ``feed_forward.hidden`` (h), ``...w2`` (fc2), ``...attention.wo``."""

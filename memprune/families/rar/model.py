@@ -32,7 +32,7 @@ from memprune.families.rar.maskgit_vqgan import (
     load_maskgit_vqgan,
 )
 from memprune.families.rar.maskgit_vqgan import init_random_ as init_tokenizer_
-from memprune.families.rar.sampling import generate_tokens
+from memprune.families.rar.sampling import RARPrefix, continue_tokens, prefill_tokens
 from memprune.families.rar.spec import SPEC
 from memprune.families.rar.transformer import RARConfig, RARTransformer, init_random_
 from memprune.families.state_dict import read_state_dict
@@ -223,6 +223,13 @@ class RARModel(IARModel):
             seed: seeds a private generator for the draws; ``None`` uses the global torch RNG.
             cfg_pow: guidance schedule power (``guidance_scale_pow``); 0 = constant scale.
         """
+        state = self.prefill(labels, prefix, cfg=cfg)
+        return self.generate_from(state, top_k=top_k, top_p=top_p, temperature=temperature, greedy=greedy, seed=seed,
+                                  cfg_pow=cfg_pow)
+
+    def prefill(self, labels: torch.Tensor, prefix: torch.Tensor | None, *, cfg: float = 0.0) -> RARPrefix:
+        """The first step of :meth:`generate` (cls, class and ``prefix`` in one causal call), kept for any number
+        of continuations by :meth:`generate_from`; ``cfg != 0`` batches [cond, null]."""
         cond = self.class_ids(labels)
         b = cond.shape[0]
         if prefix is None:
@@ -230,15 +237,37 @@ class RARModel(IARModel):
         prefix = self._token_ids(prefix, "prefix", f": a prefix may hold at most {self.seq_len} tokens")
         if prefix.shape[0] != b:
             raise MempruneError(f"prefix has {prefix.shape[0]} rows for {b} labels: pass one prefix row per label")
+        with self._autocast():
+            return prefill_tokens(self.transformer, labels, cond, prefix, cfg)
+
+    def prefill_group(self, cfg: float) -> object:
+        """A prefill serves every guidance scale of its layout: conditional only (0) or [cond, null] (any other)."""
+        return cfg != 0
+
+    def generate_from(
+        self,
+        state: RARPrefix,
+        *,
+        cfg: float | None = None,
+        top_k: int = 0,
+        top_p: float = 0.0,
+        temperature: float = 1.0,
+        greedy: bool = False,
+        seed: int | None = None,
+        cfg_pow: float = 0.0,
+    ) -> torch.Tensor:
+        """Continue a :meth:`prefill` state (left unchanged) to tokens [B, 256]; options as in :meth:`generate`
+        (``cfg``: any scale of the prefill's layout, default the prefill's)."""
+        cfg = self._guidance_for(state, cfg)
         if temperature <= 0 and not greedy:
             raise MempruneError(f"temperature must be > 0 (got {temperature}); use greedy=True for argmax decoding")
         gen = None
         if seed is not None:
             gen = torch.Generator(device=self.device).manual_seed(seed)
         with self._autocast():
-            return generate_tokens(
-                self.transformer, cond, prefix, cfg=cfg, cfg_pow=cfg_pow, temperature=temperature,
-                greedy=greedy, top_k=top_k, top_p=top_p, generator=gen,
+            return continue_tokens(
+                self.transformer, state, cfg=cfg, cfg_pow=cfg_pow, temperature=temperature, greedy=greedy, top_k=top_k,
+                top_p=top_p, generator=gen,
             )  # fmt: skip
 
     def hook_points(self, layer: str = "fc1") -> dict[str, nn.Module]:

@@ -55,9 +55,15 @@ class SelfAttention(nn.Module):
         self.proj = nn.Linear(width, width)
         self._cache: list[torch.Tensor] | None = None
 
-    def set_kv_cache(self, enabled: bool) -> None:
-        """Start (``True``) or drop (``False``) the key/value cache."""
-        self._cache = [] if enabled else None
+    def set_kv_cache(self, enabled: bool, start: list[torch.Tensor] | None = None) -> None:
+        """Start (``True``, empty or from the cached ``[k, v]`` of ``start``) or drop (``False``) the cache."""
+        self._cache = (list(start) if start else []) if enabled else None
+
+    def cached(self) -> list[torch.Tensor]:
+        """The cached ``[k, v]`` (empty before the first cached forward)."""
+        if self._cache is None:
+            raise RuntimeError("the key/value cache is off: call set_kv_cache(True) first")
+        return self._cache
 
     def forward(self, x: torch.Tensor, attn_bias: torch.Tensor | None) -> torch.Tensor:
         b, n, width = x.shape

@@ -30,7 +30,7 @@ from memprune.families.var.checkpoint import (
     var_config_from_state_dict,
     vqvae_config_from_state_dict,
 )
-from memprune.families.var.generate import SamplingOptions, generate_scales
+from memprune.families.var.generate import SamplingOptions, VARPrefix, continue_scales, prefill_scales
 from memprune.families.var.transformer import VARConfig, VARTransformer
 from memprune.families.var.spec import SPEC
 from memprune.families.var.vqvae import VQVAE, VQVAEConfig
@@ -187,6 +187,17 @@ class VARModel(IARModel):
         seed: int | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Like :meth:`generate`, also returning the final ``f_hat`` ``[B, Cvae, pn_last, pn_last]``."""
+        return self._continue(self.prefill(labels, prefix, cfg=cfg), top_k, top_p, temperature, greedy, seed)
+
+    def prefill(
+        self,
+        labels: torch.Tensor | Sequence[int] | int,
+        prefix: torch.Tensor | None,
+        *,
+        cfg: float = 0.0,
+    ) -> VARPrefix:
+        """Run the forced scales of ``prefix`` and the blocks of the first free scale once, for any number of
+        continuations by :meth:`generate_from` (``cfg != 0`` doubles the batch with the null class)."""
         batch = prefix.shape[0] if isinstance(prefix, torch.Tensor) and prefix.ndim == 2 else None
         labels = self._check_labels(labels, batch)
         prefix_maps: list[torch.Tensor] = []
@@ -196,15 +207,37 @@ class VARModel(IARModel):
                 raise MempruneError(f"prefix has {prefix.shape[1]} tokens; a VAR prefix must end on a scale "
                                     f"boundary, one of {self.valid_prefix_lengths()}")
             prefix_maps = self.split_scales(prefix)
+        return prefill_scales(self.var, self.vae.quantize, labels, prefix_maps, cfg, self.amp_dtype)
+
+    def prefill_group(self, cfg: float) -> object:
+        """A prefill serves every guidance weight of its layout: conditional only (0) or [cond, null] (any other)."""
+        return cfg != 0
+
+    def generate_from(
+        self,
+        state: VARPrefix,
+        *,
+        cfg: float | None = None,
+        top_k: int = 0,
+        top_p: float = 0.0,
+        temperature: float = 1.0,
+        greedy: bool = False,
+        seed: int | None = None,
+    ) -> torch.Tensor:
+        """Continue a :meth:`prefill` state (left unchanged) to ``gt_BL`` ``[B, L]``; options as in :meth:`generate`
+        (``cfg``: any weight of the prefill's layout, default the prefill's)."""
+        return self._continue(state, top_k, top_p, temperature, greedy, seed, self._guidance_for(state, cfg))[0]
+
+    def _continue(self, state: VARPrefix, top_k: int, top_p: float, temperature: float, greedy: bool,
+                  seed: int | None, cfg: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         if top_k < 0 or not 0 <= top_p <= 1 or temperature <= 0:
             raise MempruneError(f"invalid sampling options top_k={top_k}, top_p={top_p}, temperature={temperature}; "
                                 "need top_k >= 0, 0 <= top_p <= 1, temperature > 0")
         generator = None
         if seed is not None:
             generator = torch.Generator(device=self.device).manual_seed(int(seed))
-        opts = SamplingOptions(cfg=cfg, top_k=top_k, top_p=top_p, temperature=temperature, greedy=greedy)
-        maps, f_hat = generate_scales(self.var, self.vae.quantize, labels, prefix_maps, opts, generator,
-                                      self.amp_dtype)
+        opts = SamplingOptions(cfg=state.cfg if cfg is None else cfg, top_k=top_k, top_p=top_p, temperature=temperature, greedy=greedy)
+        maps, f_hat = continue_scales(self.var, self.vae.quantize, state, opts, generator, self.amp_dtype)
         return torch.cat(maps, dim=1), f_hat
 
     def generate(

@@ -164,15 +164,23 @@ class VARTransformer(nn.Module):
         return self.logits(h, cond)
 
     @contextlib.contextmanager
-    def kv_cache(self) -> Iterator[None]:
-        """Enable per-block key/value caching for stepwise generation; caches are dropped on exit."""
-        for block in self.blocks:
-            block.attn.set_kv_cache(True)
+    def kv_cache(self, start: list[list[torch.Tensor]] | None = None) -> Iterator[None]:
+        """Enable per-block key/value caching for stepwise generation; caches are dropped on exit.
+
+        ``start`` (a :meth:`cache_state`) continues from cached rows instead of an empty cache. Caches grow by
+        concatenation into new tensors, so the tensors of ``start`` are shared, never written.
+        """
+        for k, block in enumerate(self.blocks):
+            block.attn.set_kv_cache(True, None if start is None else start[k])
         try:
             yield
         finally:
             for block in self.blocks:
                 block.attn.set_kv_cache(False)
+
+    def cache_state(self) -> list[list[torch.Tensor]]:
+        """Every block's cached ``[k, v]`` (inside :meth:`kv_cache`), to start another :meth:`kv_cache` from."""
+        return [list(block.attn.cached()) for block in self.blocks]
 
     # ------------------------------------------------------------------------------------------------ init
     @torch.no_grad()
