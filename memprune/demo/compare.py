@@ -1,7 +1,9 @@
 """The localization comparison of docs/demo.md on a bundled model: every method, random units beside it, both audits.
 
 For each UnitMem setting of the paper's recipe (top 5/10/20% of units by the paper's max over scales, fc1 rows
-x0.5 and x0) the same number of units is also chosen by attribution and by ``draws`` seeded random draws, and
+x0.5 and x0) the same number of units is also chosen by attribution and by ``draws`` seeded random draws; random
+units are also zeroed at larger shares (``random_shares``, 40/60/80%), so that random units are seen at the same
+quality cost as the localized ones, not only at the same count; and
 every one of these models is measured in memory (:func:`memprune.mitigate.inmemory.applied`: the arithmetic
 ``memprune patch`` writes) on the same references:
 
@@ -29,6 +31,7 @@ SCHEMA = "memprune.demo-comparison/1"
 TOPS = ("5%", "10%", "20%")
 FACTORS = (0.5, 0.0)
 METHODS = ("unitmem", "attribution", "random")
+RANDOM_SHARES = ("40%", "60%", "80%")
 
 
 @dataclass(frozen=True)
@@ -80,6 +83,7 @@ class Comparison:
 
 def compare_methods(model: str = "rare", *, seed: int = 0, tops: Sequence[str] = TOPS,
                     factors: Sequence[float] = FACTORS, draws: int = 3, singles: int = 64,
+                    random_shares: Sequence[str] = RANDOM_SHARES,
                     fraction: float | None = None, batch_size: int = 32, sscd: Any = None,
                     prefixes: Sequence[int] | None = None, seeds: Sequence[int] | None = None,
                     say: Callable[[str], None] | None = None) -> Comparison:
@@ -152,6 +156,7 @@ def compare_methods(model: str = "rare", *, seed: int = 0, tops: Sequence[str] =
                                                 from_token=start) if forget else None}
     randoms = [random_score_set(original, seed + d, digest=digest) for d in range(draws)]
     settings = {"seed": seed, "tops": list(tops), "factors": list(factors), "random_draws": draws,
+                "random_shares": list(random_shares),
                 "score_fraction": fraction, "scoring_images": len(scored_on),
                 "scoring_duplicated": sorted(im.name for im in scored_on if im.role == "duplicated"),
                 "duplicated": len(dup_rows), "singles": len(cands) - len(dup_rows),
@@ -175,6 +180,14 @@ def compare_methods(model: str = "rare", *, seed: int = 0, tops: Sequence[str] =
                 result.points.append(MethodPoint(method, setting, factor, p.selection.selected, draw, fig))
                 say(f"{setting} {method}{'' if draw is None else f' draw {draw}'}: paper {fig.paper_dup}/"
                     f"{len(dup_rows)} dup, {fig.paper_single} single; robust {fig.robust_dup}; NLL {fig.nll:.4f}")
+    for share in random_shares:  # random units at the quality cost of the localized ones
+        for d, r in enumerate(randoms):
+            p = plan_point(r, layers, share, 0.0)
+            with applied(original, p.edits):
+                fig = measure()
+            result.points.append(MethodPoint("random", f"{share} x0", 0.0, p.selection.selected, seed + d, fig))
+            say(f"{share} x0 random draw {seed + d}: paper {fig.paper_dup}/{len(dup_rows)} dup, {fig.paper_single} "
+                f"single; robust {fig.robust_dup}; NLL {fig.nll:.4f}")
     result.seconds = time.perf_counter() - t0
     return result
 
