@@ -5,7 +5,8 @@ Both run as subprocesses of the installed CLI, so the times include model loadin
 machine's load beside the figures (``os.getloadavg``): on a shared machine the times say little.
 
 Examples:
-    python benchmarks/mitigate_demo.py --threads 1 --json mitigate_demo.json
+    python benchmarks/mitigate_demo.py --threads 1 --json mitigate_demo.json      # the rare model
+    python benchmarks/mitigate_demo.py --model dense --threads 1
     python benchmarks/mitigate_demo.py --skip-mitigate          # the demo only
 """
 
@@ -30,18 +31,20 @@ def _timed(cmd: list[str]) -> tuple[float, int, str]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--model", choices=("rare", "dense"), default="rare", help="the bundled model (demo --model)")
     ap.add_argument("--target", default="3")
     ap.add_argument("--skip-mitigate", action="store_true")
     ap.add_argument("--skip-demo", action="store_true")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
     py = [sys.executable, "-m", "memprune"]
-    out: dict[str, object] = {"threads": args.threads, "cpus": os.cpu_count(), "load_before": os.getloadavg()}
+    out: dict[str, object] = {"model": args.model, "threads": args.threads, "cpus": os.cpu_count(), "load_before": os.getloadavg()}
     with tempfile.TemporaryDirectory(prefix="mitigate_bench_") as tmp:
         data = Path(tmp) / "data"
-        subprocess.run([*py, "demo", "--export-data", str(data), "-q"], check=True)
+        subprocess.run([*py, "demo", "--model", args.model, "--export-data", str(data), "-q"], check=True)
         if not args.skip_demo:
-            sec, rc, tail = _timed([*py, "demo", "--threads", str(args.threads), "-o", str(Path(tmp) / "demo")])
+            sec, rc, tail = _timed([*py, "demo", "--model", args.model, "--threads", str(args.threads),
+                                    "-o", str(Path(tmp) / "demo")])
             out["demo"] = {"seconds": round(sec, 1), "exit": rc}
             print(tail)
         if not args.skip_mitigate:
