@@ -31,6 +31,8 @@ class CheckpointInfo:
     touched: list[dict[str, Any]] = field(default_factory=list)
     manifest: dict[str, Any] | None = None
     dropped: list[str] = field(default_factory=list)
+    official_code: str | None = None
+    """The official implementation memprune's family reproduces (its fixtures' source); ``None`` for generic."""
 
 
 def inspect_checkpoint(path: str | os.PathLike, *, arch: str | None = None, layers: str | None = None) -> CheckpointInfo:
@@ -63,4 +65,5 @@ def inspect_checkpoint(path: str | os.PathLike, *, arch: str | None = None, laye
             touched=touched,
             manifest=read_manifest(ckpt.path, ckpt.metadata),
             dropped=ckpt.dropped,
+            official_code=f"https://github.com/{adapter.official_repo}" if adapter.official_repo else None,
         )

@@ -54,6 +54,9 @@ def inspect_cmd(
         return
     console.print(f"[bold]{info.path}[/] ({info.format}{', under ' + repr(info.container) if info.container else ''})")
     console.print(f"architecture: [bold cyan]{info.architecture}[/]  {info.summary}")
+    if info.official_code:
+        console.print(f"official code: {info.official_code} (memprune's implementation reproduces its outputs)",
+                      highlight=False)
     facts = ", ".join(f"{k} {v}" for k, v in info.facts.items() if v is not None)
     console.print(f"{facts}; {info.num_parameters / 1e6:,.1f}M values in {info.num_tensors} tensors; dtypes {', '.join(info.dtypes)}")
     console.print(f"unit layers (fc1): {len(info.unit_layers)} x {info.units_per_layer} = {info.total_units:,} units")

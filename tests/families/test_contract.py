@@ -108,7 +108,10 @@ def test_family_contract(name, tmp_path, images):
     build, options = BUILDERS[name]
     ckpt_path, tok_path = build(tmp_path)
 
-    # detect, and unit layers of every kind the spec declares
+    # detect, and unit layers of every kind the spec declares; inspect names the official code it reproduces
+    from memprune.inspection import inspect_checkpoint
+
+    assert spec.official_repo and inspect_checkpoint(ckpt_path).official_code == f"https://github.com/{spec.official_repo}"
     with open_checkpoint(ckpt_path) as ckpt:
         assert detect_family(ckpt) is spec
         layers = {kind: spec.unit_layers(ckpt, kind) for kind in UNIT_KINDS if kind in spec.units}
