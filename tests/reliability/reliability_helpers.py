@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -43,5 +44,13 @@ def cli(*args: str, env: dict[str, str] | None = None, **kw) -> subprocess.Popen
     """``python -m memprune ARGS`` in a real subprocess (signals and resource limits need one)."""
     full_env = {**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
                 "OMP_NUM_THREADS": "1", **(env or {})}
+    kw.setdefault("preexec_fn", _default_signals)
     return subprocess.Popen([sys.executable, "-m", "memprune", *args], env=full_env, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, **kw)
+
+
+def _default_signals() -> None:
+    # As from a terminal: a test run under `nohup` or as a background job (`cmd &`) inherits SIGHUP / SIGINT
+    # ignored, and memprune rightly keeps an ignored signal ignored, so the signal tests would wait in vain.
+    for sig in (signal.SIGHUP, signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, signal.SIG_DFL)
