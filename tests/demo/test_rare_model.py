@@ -97,3 +97,21 @@ def test_reduced_rare_demo_measures_memorization_of_the_duplicated_images_only(r
     assert saved["models"]["original"]["extracted_duplicated"] == o.extracted_duplicated
     assert saved["models"]["patched"]["extracted_duplicated"] == p.extracted_duplicated
     assert saved["models"]["original"]["heldout_nll"] == pytest.approx(o.heldout_nll)
+
+
+@pytest.mark.parametrize("bad", ["0", "abc", "150%"])
+def test_bad_fraction_is_one_line_before_any_work(tmp_path, bad) -> None:
+    res = CliRunner().invoke(app, ["demo", "--fraction", bad, "-o", str(tmp_path / "r")])
+    assert res.exit_code == 2 and "--fraction" in res.output and "Traceback" not in res.output
+    assert not (tmp_path / "r").exists()
+    with pytest.raises(MempruneError, match="fraction"):
+        run_demo(tmp_path / "lib", model="rare", fraction=1.5)
+
+
+def test_export_data_follows_the_model(tmp_path) -> None:
+    res = CliRunner().invoke(app, ["demo", "--model", "rare", "--export-data", str(tmp_path / "d"), "--format", "json"])
+    assert res.exit_code == 0, res.output
+    data = json.loads(res.stdout)
+    assert data["model"] == "rare"
+    assert data["counts"] == {"train": 2504, "duplicated": 36, "single": 2468, "heldout": 144}
+    assert "OpenMoji" in (tmp_path / "d" / "ATTRIBUTION.txt").read_text()
